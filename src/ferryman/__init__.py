@@ -1,0 +1,35 @@
+"""ferryman: a programmable, high-performance network proxy and load balancer.
+
+Framework API: subclass :class:`ProxyL4`, implement ``upstream_peer``, serve it with a
+:class:`Server` and a :class:`TcpProxyService` / :class:`UdpProxyService`.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import ErrorKind, ErrorSource, ProxyError
+from .l4.hooks import ProxyL4
+from .l4.session import L4Session
+from .l4.tcp import TcpProxyService
+from .l4.udp import UdpProxyService
+from .net.addr import Address, parse_address
+from .net.connect import Connector, HttpConnectProxy, Peer, TcpKeepalive
+from .net.listener import bind_socket
+from .server import Server
+
+__all__ = [
+    "Address",
+    "Connector",
+    "ErrorKind",
+    "ErrorSource",
+    "HttpConnectProxy",
+    "L4Session",
+    "Peer",
+    "ProxyError",
+    "ProxyL4",
+    "Server",
+    "TcpKeepalive",
+    "TcpProxyService",
+    "UdpProxyService",
+    "bind_socket",
+    "parse_address",
+]

@@ -1,0 +1,58 @@
+"""Command line: ``ferryman run | check | version``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferryman", description="A programmable network proxy and load balancer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve a config file")
+    run.add_argument("-c", "--config", required=True, help="TOML config file")
+    check = sub.add_parser("check", help="validate a config file and print every error")
+    check.add_argument("-c", "--config", required=True, help="TOML config file")
+    sub.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(f"ferryman {__version__}")
+        return 0
+    from .config.load import load_file
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        print(f"{args.config}: {len(exc.errors)} error(s); config rejected", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.upstreams)} upstreams)")
+        return 0
+    return _run(config)
+
+
+def _run(config) -> int:  # noqa: ANN001 - Config, imported lazily
+    from .gateway.app import serve
+    from .net.listener import BindError
+
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    try:
+        return serve(config)
+    except BindError as exc:
+        print(f"ferryman: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

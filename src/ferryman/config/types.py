@@ -1,0 +1,56 @@
+"""Value types used in the TOML config: durations, sizes, addresses, CIDRs.
+
+Each is an ``Annotated`` pydantic type whose validator turns the user's string into the
+value the runtime needs, with an error message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+from ..net.addr import Address, parse_address
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"30s"``, ``"250ms"``, ``"1m30s"`` → seconds (float)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration string such as \"30s\" or \"250ms\", got {value!r}")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{value!r} is not a duration; use a number with a unit: us, ms, s, m, h, d (\"30s\", \"1m30s\")")
+    return total
+
+
+def _to_address(value: object) -> Address:
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address string such as \"127.0.0.1:8080\", got {value!r}")
+    return parse_address(value)
+
+
+def _to_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a CIDR string such as \"10.0.0.0/8\", got {value!r}")
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR") from None
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+SocketAddress = Annotated[Address, BeforeValidator(_to_address)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_to_network)]

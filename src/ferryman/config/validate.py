@@ -1,0 +1,144 @@
+"""Whole-document checks: references between named entities and listen-address clashes.
+
+These run on the raw TOML dict, next to the structural validation, so one pass reports
+every problem at once even when some tables are also structurally wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..net.addr import Address, parse_address
+from .model import parse_member
+
+
+def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    listeners = _table(data.get("listeners"))
+    upstreams = _table(data.get("upstreams"))
+    errors += _check_listener_upstreams(listeners, upstreams)
+    errors += _check_members(upstreams)
+    errors += _check_addresses(listeners)
+    return errors
+
+
+def _table(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        return {}
+    return {name: body for name, body in value.items() if isinstance(body, dict)}
+
+
+def _check_listener_upstreams(listeners: dict, upstreams: dict) -> list[tuple[str, str]]:
+    errors = []
+    for name, listener in listeners.items():
+        target = listener.get("upstream")
+        if not isinstance(target, str):
+            continue
+        if target not in upstreams:
+            errors.append((f"listeners.{name}.upstream", f"no upstream named {target!r} (known: {_known(upstreams)})"))
+            continue
+        if listener.get("protocol") == "udp":
+            for leaf in sorted(_leaves(target, upstreams)):
+                if upstreams[leaf].get("proxy_protocol"):
+                    errors.append((f"upstreams.{leaf}.proxy_protocol", f"not supported for UDP listener listeners.{name}"))
+        if listener.get("proxy_protocol_trusted") and not listener.get("proxy_protocol"):
+            errors.append((f"listeners.{name}.proxy_protocol_trusted", "has no effect unless proxy_protocol = true"))
+    return errors
+
+
+def _check_members(upstreams: dict) -> list[tuple[str, str]]:
+    errors = []
+    for name, upstream in upstreams.items():
+        members = upstream.get("members")
+        if not isinstance(members, list):
+            continue
+        for index, text in enumerate(members):
+            try:
+                member, _ = parse_member(text) if isinstance(text, str) else (None, 0)
+            except ValueError:
+                continue  # reported by the structural pass
+            if member is None:
+                continue
+            path = f"upstreams.{name}.members[{index}]"
+            if member not in upstreams:
+                errors.append((path, f"no upstream named {member!r} (known: {_known(upstreams)})"))
+            elif _reaches(member, name, upstreams):
+                errors.append((path, f"upstream {member!r} leads back to {name!r}: members must not form a cycle"))
+    return errors
+
+
+def _member_names(upstream: dict) -> list[str]:
+    names = []
+    for text in upstream.get("members") or []:
+        try:
+            names.append(parse_member(text)[0])
+        except (ValueError, AttributeError):
+            pass
+    return names
+
+
+def _reaches(start: str, target: str, upstreams: dict) -> bool:
+    seen, stack = set(), [start]
+    while stack:
+        current = stack.pop()
+        if current == target:
+            return True
+        if current in seen or current not in upstreams:
+            continue
+        seen.add(current)
+        stack.extend(_member_names(upstreams[current]))
+    return False
+
+
+def _leaves(start: str, upstreams: dict) -> set[str]:
+    seen, stack, leaves = set(), [start], set()
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in upstreams:
+            continue
+        seen.add(current)
+        members = _member_names(upstreams[current])
+        if members:
+            stack.extend(members)
+        else:
+            leaves.add(current)
+    return leaves
+
+
+def _check_addresses(listeners: dict) -> list[tuple[str, str]]:
+    errors = []
+    bound: list[tuple[str, str, Address]] = []  # (listener, transport, address)
+    for name, listener in listeners.items():
+        text = listener.get("addr")
+        if not isinstance(text, str):
+            continue
+        try:
+            address = parse_address(text)
+        except ValueError:
+            continue  # reported by the structural pass
+        transport = "udp" if listener.get("protocol") == "udp" else "tcp"
+        if transport == "udp" and address.is_unix:
+            errors.append((f"listeners.{name}.addr", "UDP listeners need host:port, not a unix socket"))
+            continue
+        for other, other_transport, other_address in bound:
+            if other_transport == transport and _overlap(address, other_address):
+                errors.append(
+                    (f"listeners.{name}.addr", f"{address} ({transport}) clashes with listeners.{other}.addr ({other_address})")
+                )
+        bound.append((name, transport, address))
+    return errors
+
+
+_WILDCARDS = {"0.0.0.0", "::", ""}
+
+
+def _overlap(a: Address, b: Address) -> bool:
+    if a.is_unix or b.is_unix:
+        return a.path == b.path
+    if a.port != b.port or a.port == 0:
+        return False
+    return a.host == b.host or a.host in _WILDCARDS or b.host in _WILDCARDS
+
+
+def _known(table: dict) -> str:
+    return ", ".join(sorted(table)) or "none defined"

@@ -1,0 +1,87 @@
+"""The config-driven L4 app and the services ``ferryman run`` serves for tcp/udp listeners."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from ..config.model import Config, ListenerConfig
+from ..errors import ErrorKind, ErrorSource, ProxyError
+from ..l4.hooks import ProxyL4
+from ..l4.session import L4Session
+from ..l4.tcp import TcpProxyService
+from ..l4.udp import UdpProxyService
+from ..net.connect import Connector, Peer
+from ..net.listener import bind_socket
+from ..net.pump import PipePool
+from ..runtime.upstreams import Upstream
+from ..upstream.backend import Backend
+
+
+class GatewayL4(ProxyL4):
+    """Pick backends from one upstream; count connections for least_conn / p2c."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.max_tries = upstream.config.max_tries
+        self._hash = upstream.config.lb == "consistent_hash"
+
+    async def upstream_peer(self, session: L4Session) -> Peer:
+        candidates = session.candidates
+        if candidates is None:
+            key = session.client_ip.encode() if self._hash else b""
+            candidates = session.candidates = self.upstream.balancer.select(key, self.max_tries)
+        backend: Backend | None = next(candidates, None)
+        if backend is None:
+            if session.last_error is not None:
+                raise session.last_error
+            raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.UPSTREAM, context=f"upstream {self.upstream.name!r} has no healthy backend")
+        session.ctx = backend
+        return self.upstream.peer_for(backend)
+
+    async def connected_to_upstream(self, session: L4Session, peer: Peer) -> None:
+        session.ctx.active += 1
+
+    async def logging(self, session: L4Session, error: ProxyError | None) -> None:
+        if session.connected_at is not None:
+            session.ctx.active -= 1
+
+
+def build_listener_service(
+    name: str, cfg: ListenerConfig, upstream: Upstream, *, pipes: PipePool, connector: Connector, sock: socket.socket | None = None
+) -> Any:
+    """Bind (unless given a socket) and wrap one tcp/udp listener in its service."""
+    udp = cfg.protocol == "udp"
+    if sock is None:
+        sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
+    app = GatewayL4(upstream)
+    if udp:
+        return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)
+    return TcpProxyService(
+        name,
+        sock,
+        app,
+        connector=connector,
+        pipes=pipes,
+        accept_proxy=cfg.proxy_protocol,
+        trusted=cfg.proxy_protocol_trusted,
+        proxy_header_timeout=cfg.proxy_protocol_timeout,
+        max_connections=cfg.max_connections,
+        idle_timeout=cfg.idle_timeout,
+        termination_delay=cfg.termination_delay,
+        splice=cfg.splice,
+    )
+
+
+def build_services(config: Config, upstreams: dict[str, Upstream]) -> list[Any]:
+    """One service per listener, all bound before any starts (a bind error fails fast)."""
+    pipes, connector = PipePool(), Connector()
+    services = []
+    try:
+        for name, cfg in config.listeners.items():
+            services.append(build_listener_service(name, cfg, upstreams[cfg.upstream], pipes=pipes, connector=connector))
+    except BaseException:
+        for service in services:
+            service.sock.close()
+        raise
+    return services

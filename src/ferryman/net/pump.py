@@ -1,0 +1,372 @@
+"""The L4 data path: couple two connected sockets and move bytes both ways until both close.
+
+Two interchangeable engines:
+
+* :class:`SplicePump` — ``os.splice`` through a pooled pipe per direction, so payload goes
+  kernel → kernel without entering Python. Used when both ends are plain sockets.
+* :class:`TransportPump` — asyncio transports and protocols with pause/resume backpressure.
+  Used when an end is not a plain socket (TLS, an HTTP connection after an Upgrade).
+
+Both propagate half-close (a FIN from one side becomes ``shutdown(SHUT_WR)`` on the other
+while the opposite direction keeps flowing), turn a reset on one side into a reset of the
+other, close an idle connection after ``idle_timeout``, optionally close the whole pair
+``termination_delay`` after the first FIN (Traefik's option), and report bytes moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+PIPE_SIZE = 256 * 1024
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH})
+
+
+class PipePool:
+    """Reuse kernel pipes across connections: creating and sizing a pipe costs 3 syscalls.
+
+    Only empty pipes are returned to the pool; a pipe that still holds bytes (its
+    connection was reset mid-transfer) is closed instead.
+    """
+
+    def __init__(self, size: int = PIPE_SIZE, max_idle: int = 512) -> None:
+        self.size = size
+        self.max_idle = max_idle
+        self._idle: list[tuple[int, int]] = []
+
+    def get(self) -> tuple[int, int]:
+        if self._idle:
+            return self._idle.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
+        except OSError:
+            pass  # over the per-user pipe budget: the default 64 KiB pipe still works
+        return r, w
+
+    def put(self, pipe: tuple[int, int], clean: bool) -> None:
+        if clean and len(self._idle) < self.max_idle:
+            self._idle.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        while self._idle:
+            r, w = self._idle.pop()
+            os.close(r)
+            os.close(w)
+
+
+class PumpStats:
+    """What a pump moved; read by the logging hook."""
+
+    __slots__ = ("bytes_up", "bytes_down", "reset_by", "timed_out")
+
+    def __init__(self) -> None:
+        self.bytes_up = 0  # client → upstream
+        self.bytes_down = 0  # upstream → client
+        self.reset_by: str | None = None  # "client" | "upstream" when a reset ended it
+        self.timed_out = False
+
+
+class _Direction:
+    __slots__ = ("src", "dst", "src_fd", "dst_fd", "pipe", "pending", "eof", "waiting", "name", "count")
+
+    def __init__(self, src: socket.socket, dst: socket.socket, pipe: tuple[int, int], name: str) -> None:
+        self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self.pipe = pipe
+        self.pending = 0  # bytes in the pipe not yet written to dst
+        self.eof = False  # src sent FIN
+        self.waiting = False  # blocked on dst writability
+        self.name = name  # which side src is: "client" | "upstream"
+        self.count = 0
+
+
+class _PumpBase:
+    """Shared lifecycle: idle timer, termination delay, completion future, stats."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        idle_timeout: float | None = None,
+        termination_delay: float | None = None,
+    ) -> None:
+        self.loop = loop
+        self.idle_timeout = idle_timeout
+        self.termination_delay = termination_delay
+        self.stats = PumpStats()
+        self.done: asyncio.Future[PumpStats] = loop.create_future()
+        self._last_active = loop.time()
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._delay_handle: asyncio.TimerHandle | None = None
+        self._finished = False
+
+    def _arm_idle(self) -> None:
+        if self.idle_timeout:
+            self._idle_handle = self.loop.call_at(self._last_active + self.idle_timeout, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        deadline = self._last_active + self.idle_timeout
+        if self.loop.time() >= deadline:
+            self.stats.timed_out = True
+            self._finish(abort=False)
+        else:
+            self._idle_handle = self.loop.call_at(deadline, self._on_idle_timer)
+
+    def _first_fin(self) -> None:
+        if self.termination_delay is not None and self._delay_handle is None:
+            self._delay_handle = self.loop.call_later(self.termination_delay, self._finish, False)
+
+    def _finish(self, abort: bool) -> None:
+        raise NotImplementedError
+
+    def _complete(self) -> None:
+        self._finished = True
+        for handle in (self._idle_handle, self._delay_handle):
+            if handle is not None:
+                handle.cancel()
+        if not self.done.done():
+            self.done.set_result(self.stats)
+
+    def close(self) -> None:
+        """Stop now (shutdown past the grace period): both ends are closed."""
+        if not self._finished:
+            self._finish(abort=False)
+
+
+class SplicePump(_PumpBase):
+    """Zero-copy pump between two plain, connected, non-blocking sockets.
+
+    Owns both sockets from start() on and closes them when done. Each direction reads at
+    most one pipe's worth, then writes it out; while the destination cannot take more the
+    source is not read (backpressure is the pipe's capacity, never a Python buffer).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        upstream: socket.socket,
+        pipes: PipePool,
+        **options: float | None,
+    ) -> None:
+        super().__init__(loop, **options)
+        self.client, self.upstream = client, upstream
+        self.pipes = pipes
+        self._up = _Direction(client, upstream, pipes.get(), "client")
+        self._down = _Direction(upstream, client, pipes.get(), "upstream")
+        self._chunk = pipes.size
+
+    def start(self) -> asyncio.Future[PumpStats]:
+        self.loop.add_reader(self._up.src_fd, self._on_readable, self._up)
+        self.loop.add_reader(self._down.src_fd, self._on_readable, self._down)
+        self._arm_idle()
+        return self.done
+
+    def _on_readable(self, d: _Direction) -> None:
+        try:
+            n = os.splice(d.src_fd, d.pipe[1], self._chunk, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._on_error(exc, d.name)
+            return
+        self._last_active = self.loop.time()
+        if n == 0:
+            self._on_eof(d)
+            return
+        d.pending = n
+        d.count += n
+        self._drain(d)
+
+    def _drain(self, d: _Direction) -> None:
+        try:
+            d.pending -= os.splice(d.pipe[0], d.dst_fd, d.pending, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._on_error(exc, "upstream" if d.name == "client" else "client")
+            return
+        if d.pending and not d.waiting:
+            d.waiting = True
+            self.loop.remove_reader(d.src_fd)
+            self.loop.add_writer(d.dst_fd, self._on_writable, d)
+
+    def _on_writable(self, d: _Direction) -> None:
+        self._drain(d)
+        if self._finished or d.pending:
+            return
+        d.waiting = False
+        self.loop.remove_writer(d.dst_fd)
+        self._last_active = self.loop.time()
+        if d.eof:
+            self._propagate_fin(d)
+        else:
+            self.loop.add_reader(d.src_fd, self._on_readable, d)
+
+    def _on_eof(self, d: _Direction) -> None:
+        d.eof = True
+        self.loop.remove_reader(d.src_fd)
+        if not d.pending:
+            self._propagate_fin(d)
+
+    def _propagate_fin(self, d: _Direction) -> None:
+        other = self._down if d is self._up else self._up
+        if other.eof and not other.pending:
+            self._finish(abort=False)
+            return
+        try:
+            d.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish(abort=False)
+            return
+        self._first_fin()
+
+    def _on_error(self, exc: OSError, side: str) -> None:
+        if exc.errno in _RESET_ERRNOS:
+            self.stats.reset_by = side
+            self._finish(abort=True)
+        else:
+            log.warning("splice failed (%s): %s", side, exc)
+            self._finish(abort=True)
+
+    def _finish(self, abort: bool) -> None:
+        if self._finished:
+            return
+        loop = self.loop
+        for d in (self._up, self._down):
+            if d.waiting:
+                loop.remove_writer(d.dst_fd)
+            elif not d.eof:
+                loop.remove_reader(d.src_fd)
+        self.stats.bytes_up = self._up.count
+        self.stats.bytes_down = self._down.count
+        self.pipes.put(self._up.pipe, clean=not self._up.pending)
+        self.pipes.put(self._down.pipe, clean=not self._down.pending)
+        for sock in (self.client, self.upstream):
+            if abort:
+                _set_linger_reset(sock)
+            sock.close()
+        self._complete()
+
+
+def _set_linger_reset(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
+class _TunnelEnd(asyncio.Protocol):
+    """One side of a TransportPump: whatever arrives is written to the other side."""
+
+    def __init__(self, pump: "TransportPump", name: str) -> None:
+        self.pump = pump
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.peer: _TunnelEnd | None = None
+        self.eof = False
+        self.closed = False
+        self.count = 0
+        self.early: list[bytes] | None = []  # data that arrived before the pump started
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(data)
+            return
+        self.count += len(data)
+        self.pump._last_active = self.pump.loop.time()
+        self.peer.transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.early is not None:
+            return True  # handled when the pump starts
+        peer = self.peer
+        if peer.eof or peer.closed:  # type: ignore[union-attr]
+            self.pump._finish(abort=False)
+            return False
+        if peer.transport.can_write_eof():  # type: ignore[union-attr]
+            peer.transport.write_eof()  # type: ignore[union-attr]
+        self.pump._first_fin()
+        return True
+
+    def pause_writing(self) -> None:
+        self.peer.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self.peer.transport.resume_reading()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is not None and self.pump.stats.reset_by is None:
+            self.pump.stats.reset_by = self.name
+        self.pump._finish(abort=exc is not None)
+
+
+class TransportPump(_PumpBase):
+    """Copy pump over asyncio transports, for ends that are not plain sockets.
+
+    Use :meth:`protocol_pair` to get the two protocols, attach them to transports (or call
+    :meth:`attach` for existing transports), then :meth:`start`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, **options: float | None) -> None:
+        super().__init__(loop, **options)
+        self.client_end = _TunnelEnd(self, "client")
+        self.upstream_end = _TunnelEnd(self, "upstream")
+        self.client_end.peer = self.upstream_end
+        self.upstream_end.peer = self.client_end
+
+    async def wrap_sockets(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Create transports for two plain sockets; data read before :meth:`start` is kept."""
+        loop = self.loop
+        await loop.connect_accepted_socket(lambda: self.client_end, client)
+        await loop.create_connection(lambda: self.upstream_end, sock=upstream)
+
+    def start(self, early_client_data: bytes = b"", early_upstream_data: bytes = b"") -> asyncio.Future[PumpStats]:
+        """Begin relaying; ``early_*`` are bytes already read from an end by the caller."""
+        self._arm_idle()
+        for end, first in ((self.client_end, early_client_data), (self.upstream_end, early_upstream_data)):
+            held, end.early = end.early or [], None
+            for data in ([first] if first else []) + held:
+                end.data_received(data)
+            if end.eof and not self._finished:
+                end.eof_received()
+        return self.done
+
+    def _finish(self, abort: bool) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.stats.bytes_up = self.client_end.count
+        self.stats.bytes_down = self.upstream_end.count
+        for end in (self.client_end, self.upstream_end):
+            transport = end.transport
+            if transport is None or transport.is_closing():
+                continue
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+        self._complete()
+
+
+Pump = SplicePump | TransportPump
+PumpFactory = Callable[..., Pump]

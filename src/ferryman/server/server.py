@@ -1,0 +1,104 @@
+"""``Server``: run services on one event loop until SIGTERM/SIGINT, then drain gracefully.
+
+A *service* has ``start()``, ``stop_accepting()`` and ``async drain(timeout)``; a
+*background service* (health checks, ...) has ``start()`` and ``async stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop_accepting(self) -> None: ...
+    async def drain(self, timeout: float) -> None: ...
+
+
+class BackgroundService(Protocol):
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is installed (it is a dependency on Linux); asyncio otherwise."""
+    if os.environ.get("FERRYMAN_LOOP") == "asyncio":
+        return False
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+class Server:
+    """Own the services of one process and their shutdown."""
+
+    def __init__(self, *, grace_period: float = 5.0) -> None:
+        self.grace_period = grace_period
+        self.services: list[Service] = []
+        self.background: list[BackgroundService] = []
+        self.on_started: list[Callable[[], Awaitable[None] | None]] = []
+        self._stop: asyncio.Event | None = None
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
+
+    def add_background(self, service: BackgroundService) -> None:
+        self.background.append(service)
+
+    def run(self) -> None:
+        """Blocking entry point: uvloop if available, serve until a stop signal."""
+        install_uvloop()
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        """Start everything, wait for :meth:`shutdown` or SIGTERM/SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests) or no signal support
+        for service in self.background:
+            service.start()
+        for service in self.services:
+            service.start()
+        for callback in self.on_started:
+            result = callback()
+            if result is not None:
+                await result
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+
+    def shutdown(self) -> None:
+        """Ask a running server to stop (thread-unsafe; call from the loop)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s received: stop accepting, draining for up to %gs", signal.Signals(sig).name, self.grace_period)
+        self.shutdown()
+
+    async def _shutdown(self) -> None:
+        for service in self.services:
+            service.stop_accepting()
+        await asyncio.gather(*(service.drain(self.grace_period) for service in self.services))
+        await asyncio.gather(*(service.stop() for service in self.background), return_exceptions=True)
+        log.info("stopped")

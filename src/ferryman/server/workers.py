@@ -1,0 +1,100 @@
+"""A master process that forks ``n`` workers, restarts the ones that die, and stops them all.
+
+Listening sockets are bound by the master before forking and inherited by the workers.
+The master runs no event loop: it waits for signals with ``sigwaitinfo``, so a SIGCHLD,
+SIGTERM or SIGINT is handled in order and none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+RESTART_BACKOFF = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
+
+
+def run_workers(n: int, worker_main: Callable[[int], None], grace_period: float) -> int:
+    """Fork ``n`` workers running ``worker_main(index)``; supervise until told to stop."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    workers: dict[int, tuple[int, float]] = {}  # pid → (index, started)
+    try:
+        for index in range(n):
+            _spawn(index, worker_main, workers)
+        log.info("master %d: %d workers running", os.getpid(), n)
+        stopping_since: float | None = None
+        while workers:
+            timeout = 1.0 if stopping_since is None else max(0.05, stopping_since + grace_period + 2 - time.monotonic())
+            info = signal.sigtimedwait(_SIGNALS, timeout)
+            if info is None:
+                if stopping_since is not None and time.monotonic() > stopping_since + grace_period + 1:
+                    for pid in workers:
+                        _kill(pid, signal.SIGKILL)
+                continue
+            if info.si_signo in (signal.SIGTERM, signal.SIGINT) and stopping_since is None:
+                log.info("master: %s received: stopping workers", signal.Signals(info.si_signo).name)
+                stopping_since = time.monotonic()
+                for pid in workers:
+                    _kill(pid, signal.SIGTERM)
+            elif info.si_signo == signal.SIGHUP:
+                log.info("master: SIGHUP (reload) is not implemented yet; ignored")
+            _reap(workers, worker_main, restart=stopping_since is None)
+        return 0
+    finally:
+        for pid in workers:
+            _kill(pid, signal.SIGKILL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+def _spawn(index: int, worker_main: Callable[[int], None], workers: dict[int, tuple[int, float]]) -> None:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            worker_main(index)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("worker %d crashed", index)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    workers[pid] = (index, time.monotonic())
+
+
+def _reap(workers: dict[int, tuple[int, float]], worker_main: Callable[[int], None], *, restart: bool) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        index, started = workers.pop(pid, (None, 0.0))
+        if index is None:
+            continue
+        if restart:
+            log.warning("worker %d (pid %d) exited (%s); starting a new one", index, pid, _describe(status))
+            if time.monotonic() - started < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)  # crash loop: do not spin
+            _spawn(index, worker_main, workers)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
