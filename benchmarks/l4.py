@@ -433,7 +433,8 @@ def scenario_table(
         if rec["scenario"] == scenario:
             by[rec["contender"]].append(rec)
     values = {
-        n: [next((r["value"] for r in by[n] if r["round"] == k), None) for k in range(1, rounds + 1)]
+        n: [next((r["value"] for r in by[n] if r["round"] == k), None)
+            for k in range(1, rounds + 1)]
         for n in names
     }
     rows = []
@@ -507,7 +508,8 @@ def results_section(meta: dict[str, Any], tables: str, json_path: Path) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick: 1)")
-    p.add_argument("--duration", type=int, help="whole seconds per measurement (default 5; --quick: 2)")
+    p.add_argument("--duration", type=int,
+                   help="whole seconds per measurement (default 5; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s")
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help=f"comma-separated subset of {','.join(CONTENDERS)}")
@@ -539,7 +541,8 @@ def preflight(args: argparse.Namespace) -> str | None:
     """Check tools; print what is missing and return None, else the nginx load_module line."""
     missing = missing_tools(TOOLS)
     if missing:
-        print(f"missing tools: {', '.join(missing)}\ninstall with: {INSTALL_HINT}", file=sys.stderr)
+        print(f"missing tools: {', '.join(missing)}\ninstall with: {INSTALL_HINT}",
+              file=sys.stderr)
         return None
     load_line = nginx_stream_module(find_tool("nginx") or "nginx")
     if "nginx-stream" in args.contenders and load_line is None:

@@ -18,9 +18,10 @@ from .types import Duration, Network, SocketAddress
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors, instances are immutable."""
+    """Base: unknown keys are errors, instances are immutable, and values keep their TOML
+    type (strict: ``workers = "2"`` or ``workers = true`` is an error, not a coercion)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ServerConfig(Strict):

@@ -18,7 +18,7 @@ def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     upstreams = _table(data.get("upstreams"))
     errors += _check_listener_upstreams(listeners, upstreams)
     errors += _check_members(upstreams)
-    errors += _check_addresses(listeners)
+    errors += _check_addresses(listeners, data.get("demo"))
     return errors
 
 
@@ -31,18 +31,23 @@ def _table(value: Any) -> dict[str, dict[str, Any]]:
 def _check_listener_upstreams(listeners: dict, upstreams: dict) -> list[tuple[str, str]]:
     errors = []
     for name, listener in listeners.items():
+        udp = listener.get("protocol") == "udp"
+        if udp and listener.get("proxy_protocol") is True:
+            errors.append((f"listeners.{name}.proxy_protocol", "not supported for UDP listeners"))
+        elif listener.get("proxy_protocol_trusted") and listener.get("proxy_protocol") is not True:
+            errors.append((f"listeners.{name}.proxy_protocol_trusted", "has no effect unless proxy_protocol = true"))
         target = listener.get("upstream")
         if not isinstance(target, str):
             continue
         if target not in upstreams:
             errors.append((f"listeners.{name}.upstream", f"no upstream named {target!r} (known: {_known(upstreams)})"))
             continue
-        if listener.get("protocol") == "udp":
+        if udp:
             for leaf in sorted(_leaves(target, upstreams)):
                 if upstreams[leaf].get("proxy_protocol"):
                     errors.append((f"upstreams.{leaf}.proxy_protocol", f"not supported for UDP listener listeners.{name}"))
-        if listener.get("proxy_protocol_trusted") and not listener.get("proxy_protocol"):
-            errors.append((f"listeners.{name}.proxy_protocol_trusted", "has no effect unless proxy_protocol = true"))
+                if any(isinstance(b, str) and b.strip().startswith("unix:") for b in upstreams[leaf].get("backends") or []):
+                    errors.append((f"upstreams.{leaf}.backends", f"unix sockets cannot receive UDP from listeners.{name}"))
     return errors
 
 
@@ -105,27 +110,28 @@ def _leaves(start: str, upstreams: dict) -> set[str]:
     return leaves
 
 
-def _check_addresses(listeners: dict) -> list[tuple[str, str]]:
+def _check_addresses(listeners: dict, demo: Any) -> list[tuple[str, str]]:
     errors = []
-    bound: list[tuple[str, str, Address]] = []  # (listener, transport, address)
-    for name, listener in listeners.items():
-        text = listener.get("addr")
+    bound: list[tuple[str, str, Address]] = []  # (TOML path, transport, address)
+    candidates = [(f"listeners.{name}.addr", listener) for name, listener in listeners.items()]
+    if isinstance(demo, dict):
+        candidates.insert(0, ("demo.addr", demo))  # the demo origin listens on TCP too
+    for path, table in candidates:
+        text = table.get("addr")
         if not isinstance(text, str):
             continue
         try:
             address = parse_address(text)
         except ValueError:
             continue  # reported by the structural pass
-        transport = "udp" if listener.get("protocol") == "udp" else "tcp"
+        transport = "udp" if table.get("protocol") == "udp" else "tcp"
         if transport == "udp" and address.is_unix:
-            errors.append((f"listeners.{name}.addr", "UDP listeners need host:port, not a unix socket"))
+            errors.append((path, "UDP listeners need host:port, not a unix socket"))
             continue
         for other, other_transport, other_address in bound:
             if other_transport == transport and _overlap(address, other_address):
-                errors.append(
-                    (f"listeners.{name}.addr", f"{address} ({transport}) clashes with listeners.{other}.addr ({other_address})")
-                )
-        bound.append((name, transport, address))
+                errors.append((path, f"{address} ({transport}) clashes with {other} ({other_address})"))
+        bound.append((path, transport, address))
     return errors
 
 
@@ -133,9 +139,11 @@ _WILDCARDS = {"0.0.0.0", "::", ""}
 
 
 def _overlap(a: Address, b: Address) -> bool:
+    """True when binding both would fail. IPv6 listeners are bound V6ONLY, so an IPv4 and
+    an IPv6 address never clash, wildcard or not."""
     if a.is_unix or b.is_unix:
         return a.path == b.path
-    if a.port != b.port or a.port == 0:
+    if a.port != b.port or a.port == 0 or a.family != b.family:
         return False
     return a.host == b.host or a.host in _WILDCARDS or b.host in _WILDCARDS
 

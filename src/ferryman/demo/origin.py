@@ -22,8 +22,9 @@ _CHUNK = b"x" * 65536
 
 
 class _OriginProtocol(asyncio.Protocol):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, owner: DemoOrigin | None = None) -> None:
         self.name = name
+        self.owner = owner
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -32,6 +33,12 @@ class _OriginProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.owner is not None:
+            self.owner.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner is not None:
+            self.owner.lost(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -109,12 +116,20 @@ async def start_origin(host: str, port: int, name: str = "demo") -> asyncio.Serv
 
 class DemoOrigin:
     """The demo origin as a background service: its socket is bound up front (so a port
-    clash is reported before serving starts) and served once the loop runs."""
+    clash is reported before serving starts) and served once the loop runs.
 
-    def __init__(self, sock: socket.socket, name: str = "demo") -> None:
+    With several workers only one serves the origin, but every worker's proxy may hold
+    connections to it: on stop it closes the listener, then keeps answering on open
+    connections until they close or ``grace_period`` ends, so other workers can drain.
+    """
+
+    def __init__(self, sock: socket.socket, name: str = "demo", grace_period: float = 5.0) -> None:
         self.sock = sock
         self.name = name
+        self.grace_period = grace_period
         self.server: asyncio.Server | None = None
+        self.connections: set[_OriginProtocol] = set()
+        self._idle = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -122,12 +137,30 @@ class DemoOrigin:
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _OriginProtocol(self.name), sock=self.sock)
+        self.server = await loop.create_server(lambda: _OriginProtocol(self.name, self), sock=self.sock)
         log.info("demo origin listening on %s", self.sock.getsockname())
 
     async def stop(self) -> None:
         if self._task is not None:
             await self._task
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.server is None:
+            return
+        self.server.close()
+        if self.connections:
+            log.info("demo origin: waiting up to %gs for %d open connection(s)", self.grace_period, len(self.connections))
+            self._idle.clear()
+            try:
+                async with asyncio.timeout(self.grace_period):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        await self.server.wait_closed()
+
+    def lost(self, protocol: _OriginProtocol) -> None:
+        """A connection closed; wake :meth:`stop` once none is left."""
+        self.connections.discard(protocol)
+        if not self.connections:
+            self._idle.set()

@@ -64,7 +64,7 @@ class Gateway:
             if upstream.checker is not None:
                 server.add_background(upstream.checker)
         if self.demo_sock is not None and worker == 0:
-            server.add_background(DemoOrigin(self.demo_sock))
+            server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
         return server
 
 
@@ -82,7 +82,7 @@ def serve(config: Config) -> int:
             install_uvloop()
             gateway.make_server().run()
             return 0
-        return run_workers(config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period)
+        return run_workers(config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close)
     finally:
         gateway.close()
         if pid_file is not None:

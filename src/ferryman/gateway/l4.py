@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from ..config.model import Config, ListenerConfig
@@ -18,6 +19,36 @@ from ..runtime.upstreams import Upstream
 from ..upstream.backend import Backend
 
 
+class _Pick:
+    """Per-connection ctx: the backend chosen and whether its connection count was raised."""
+
+    __slots__ = ("backend", "counted")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.counted = False
+
+
+class _Candidates:
+    """The balancer's lazy fail-over order with a one-backend lookahead, so a failed connect
+    can tell whether another backend is left without listing (and so advancing) the rest."""
+
+    __slots__ = ("_it", "_next")
+
+    def __init__(self, it: Iterator[Backend]) -> None:
+        self._it = it
+        self._next: Backend | None = None
+
+    def take(self) -> Backend | None:
+        backend, self._next = self._next, None
+        return backend if backend is not None else next(self._it, None)
+
+    def has_more(self) -> bool:
+        if self._next is None:
+            self._next = next(self._it, None)
+        return self._next is not None
+
+
 class GatewayL4(ProxyL4):
     """Pick backends from one upstream; count connections for least_conn / p2c."""
 
@@ -27,24 +58,34 @@ class GatewayL4(ProxyL4):
         self._hash = upstream.config.lb == "consistent_hash"
 
     async def upstream_peer(self, session: L4Session) -> Peer:
-        candidates = session.candidates
+        candidates: _Candidates | None = session.candidates
         if candidates is None:
             key = session.client_ip.encode() if self._hash else b""
-            candidates = session.candidates = self.upstream.balancer.select(key, self.max_tries)
-        backend: Backend | None = next(candidates, None)
+            candidates = session.candidates = _Candidates(self.upstream.balancer.select(key, self.max_tries))
+        backend = candidates.take()
         if backend is None:
             if session.last_error is not None:
                 raise session.last_error
             raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.UPSTREAM, context=f"upstream {self.upstream.name!r} has no healthy backend")
-        session.ctx = backend
+        session.ctx = _Pick(backend)
         return self.upstream.peer_for(backend)
 
+    def fail_to_connect(self, session: L4Session, peer: Peer, error: ProxyError) -> ProxyError:
+        # with no backend left a retry could only fail again, logging the same failure twice
+        if error.retry and not session.candidates.has_more():
+            error.retry = False
+        return error
+
     async def connected_to_upstream(self, session: L4Session, peer: Peer) -> None:
-        session.ctx.active += 1
+        pick: _Pick = session.ctx
+        pick.backend.active += 1
+        pick.counted = True
 
     async def logging(self, session: L4Session, error: ProxyError | None) -> None:
-        if session.connected_at is not None:
-            session.ctx.active -= 1
+        pick: _Pick | None = session.ctx
+        if pick is not None and pick.counted:
+            pick.backend.active -= 1
+            pick.counted = False
 
 
 def build_listener_service(

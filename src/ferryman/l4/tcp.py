@@ -63,7 +63,8 @@ class TcpProxyService:
         self.pump_options = {"idle_timeout": idle_timeout, "termination_delay": termination_delay}
         self.use_splice = splice != "never"
         self.local_addr = sock.getsockname()
-        self.connections: dict[asyncio.Task, L4Session] = {}
+        self.connections: dict[L4Session, asyncio.Task] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.pumps: set[SplicePump | TransportPump] = set()
         self._acceptor: Acceptor | None = None
         self._idle = asyncio.Event()
@@ -76,7 +77,7 @@ class TcpProxyService:
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._acceptor = Acceptor(loop, self.sock, self._on_accept, max_connections=self.max_connections)
         self._acceptor.start()
 
@@ -93,17 +94,16 @@ class TcpProxyService:
             log.warning("%s: closing %d connection(s) still open after the grace period", self.name, len(self.connections))
         for pump in list(self.pumps):
             pump.close()
-        for task in list(self.connections):
+        for task in list(self.connections.values()):
             task.cancel()
         if self.connections:
-            await asyncio.wait(list(self.connections), timeout=1.0)
+            await asyncio.wait(list(self.connections.values()), timeout=1.0)
 
     # per connection ----------------------------------------------------------------------
     def _on_accept(self, conn: socket.socket, peer: object) -> None:
         app = self.app
         session = L4Session(self.name, "tcp", peer, self.local_addr, app.new_ctx())
-        task = asyncio.get_running_loop().create_task(self._serve(conn, session))
-        self.connections[task] = session
+        self.connections[session] = self.loop.create_task(self._serve(conn, session))  # type: ignore[union-attr]
         self._idle.clear()
 
     async def _serve(self, conn: socket.socket, session: L4Session) -> None:
@@ -120,7 +120,7 @@ class TcpProxyService:
             upstream = await self._connect(session)
             first = self._proxy_header_for(session) + early
             if first:
-                await asyncio.get_running_loop().sock_sendall(upstream, first)
+                await self.loop.sock_sendall(upstream, first)  # type: ignore[union-attr]
             if self._has_connected:
                 await app.connected_to_upstream(session, session.peer)
             pump = await self._make_pump(conn, upstream)
@@ -145,23 +145,22 @@ class TcpProxyService:
                 conn.close()
                 if upstream is not None:
                     upstream.close()
-            self._release()
+            self._release(session)
         if self._has_logging:
             try:
                 await app.logging(session, error)
             except Exception:
                 log.exception("%s: logging hook failed", self.name)
 
-    def _release(self) -> None:
-        task = asyncio.current_task()
-        self.connections.pop(task, None)  # type: ignore[arg-type]
+    def _release(self, session: L4Session) -> None:
+        self.connections.pop(session, None)
         if self._acceptor is not None:
             self._acceptor.release()
         if not self.connections:
             self._idle.set()
 
     async def _make_pump(self, conn: socket.socket, upstream: socket.socket) -> SplicePump | TransportPump:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if self.use_splice:
             return SplicePump(loop, conn, upstream, self.pipes, **self.pump_options)
         pump = TransportPump(loop, **self.pump_options)
@@ -186,7 +185,7 @@ class TcpProxyService:
                 log.warning("%s: client %s: %s; trying another backend", self.name, _fmt_addr(session.client_addr), exc)
                 continue
             session.peer = peer
-            session.connected_at = asyncio.get_running_loop().time()
+            session.connected_at = self.loop.time()  # type: ignore[union-attr]
             return upstream
 
     def _proxy_header_for(self, session: L4Session) -> bytes:

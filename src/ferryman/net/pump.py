@@ -24,11 +24,14 @@ import socket
 import struct
 from collections.abc import Callable
 
+from .reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, reactor_for
+
 log = logging.getLogger(__name__)
 
 PIPE_SIZE = 1024 * 1024  # measured: 1 MiB pipes gave ~25% more MB/s and ~25% less CPU than 64 KiB
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_READ_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH})
 
 
@@ -152,7 +155,9 @@ class SplicePump(_PumpBase):
 
     Owns both sockets from start() on and closes them when done. Each direction reads at
     most one pipe's worth, then writes it out; while the destination cannot take more the
-    source is not read (backpressure is the pipe's capacity, never a Python buffer).
+    source is not read (backpressure is the pipe's capacity, never a Python buffer). Both
+    sockets are registered once in the loop's :class:`~ferryman.net.reactor.Reactor`;
+    the interest mask changes only on backpressure and EOF.
     """
 
     def __init__(
@@ -166,15 +171,36 @@ class SplicePump(_PumpBase):
         super().__init__(loop, **options)
         self.client, self.upstream = client, upstream
         self.pipes = pipes
+        self.reactor = reactor_for(loop)
         self._up = _Direction(client, upstream, pipes.get(), "client")
         self._down = _Direction(upstream, client, pipes.get(), "upstream")
         self._chunk = pipes.size
 
     def start(self) -> asyncio.Future[PumpStats]:
-        self.loop.add_reader(self._up.src_fd, self._on_readable, self._up)
-        self.loop.add_reader(self._down.src_fd, self._on_readable, self._down)
+        register = self.reactor.register
+        register(self._up.src_fd, EPOLLIN, self._on_client_event)
+        register(self._down.src_fd, EPOLLIN, self._on_upstream_event)
         self._arm_idle()
         return self.done
+
+    # events --------------------------------------------------------------------------------
+    def _on_client_event(self, events: int) -> None:
+        self._on_event(events, self._up, self._down)
+
+    def _on_upstream_event(self, events: int) -> None:
+        self._on_event(events, self._down, self._up)
+
+    def _on_event(self, events: int, reading: _Direction, writing: _Direction) -> None:
+        """``reading`` has this socket as its source, ``writing`` as its destination."""
+        if events & EPOLLOUT and writing.waiting:
+            self._on_writable(writing)
+            if self._finished:
+                return
+        if events & _READ_EVENTS:
+            if not reading.eof and not reading.waiting:
+                self._on_readable(reading)
+            elif events & (EPOLLERR | EPOLLHUP):
+                self._on_hangup(reading)
 
     def _on_readable(self, d: _Direction) -> None:
         try:
@@ -201,27 +227,53 @@ class SplicePump(_PumpBase):
             self._on_error(exc, "upstream" if d.name == "client" else "client")
             return
         if d.pending and not d.waiting:
-            d.waiting = True
-            self.loop.remove_reader(d.src_fd)
-            self.loop.add_writer(d.dst_fd, self._on_writable, d)
+            d.waiting = True  # stop reading src, wait for dst to drain
+            self._update(d.src_fd)
+            self._update(d.dst_fd)
 
     def _on_writable(self, d: _Direction) -> None:
         self._drain(d)
         if self._finished or d.pending:
             return
         d.waiting = False
-        self.loop.remove_writer(d.dst_fd)
         self._last_active = self.loop.time()
+        self._update(d.dst_fd)
         if d.eof:
             self._propagate_fin(d)
         else:
-            self.loop.add_reader(d.src_fd, self._on_readable, d)
+            self._update(d.src_fd)
+
+    def _update(self, fd: int) -> None:
+        """Interest mask of one socket: read while its direction may, write while blocked."""
+        if fd == self._up.src_fd:
+            src, dst = self._up, self._down
+        else:
+            src, dst = self._down, self._up
+        mask = 0 if (src.eof or src.waiting) else EPOLLIN
+        if dst.waiting:
+            mask |= EPOLLOUT
+        self.reactor.modify(fd, mask)
 
     def _on_eof(self, d: _Direction) -> None:
         d.eof = True
-        self.loop.remove_reader(d.src_fd)
+        self._update(d.src_fd)
         if not d.pending:
             self._propagate_fin(d)
+
+    def _on_hangup(self, d: _Direction) -> None:
+        """ERR/HUP on a socket we are not reading: a reset, or both directions shut.
+
+        HUP is reported as soon as the peer's FIN arrives after ours, even while unread
+        data is still queued; when we are only paused by backpressure, the socket leaves
+        the epoll set (HUP cannot be masked) until the destination drains.
+        """
+        err = d.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._on_error(OSError(err, os.strerror(err)), d.name)
+        elif d.waiting and not d.eof:
+            self.reactor.detach(d.src_fd)
+        else:
+            self._finish(abort=False)
 
     def _propagate_fin(self, d: _Direction) -> None:
         other = self._down if d is self._up else self._up
@@ -236,22 +288,17 @@ class SplicePump(_PumpBase):
         self._first_fin()
 
     def _on_error(self, exc: OSError, side: str) -> None:
-        if exc.errno in _RESET_ERRNOS:
-            self.stats.reset_by = side
-            self._finish(abort=True)
-        else:
+        if exc.errno not in _RESET_ERRNOS:
             log.warning("splice failed (%s): %s", side, exc)
-            self._finish(abort=True)
+        self.stats.reset_by = side
+        self._finish(abort=True)
 
     def _finish(self, abort: bool) -> None:
         if self._finished:
             return
-        loop = self.loop
-        for d in (self._up, self._down):
-            if d.waiting:
-                loop.remove_writer(d.dst_fd)
-            elif not d.eof:
-                loop.remove_reader(d.src_fd)
+        forget = self.reactor.forget
+        forget(self._up.src_fd)
+        forget(self._down.src_fd)
         self.stats.bytes_up = self._up.count
         self.stats.bytes_down = self._down.count
         self.pipes.put(self._up.pipe, clean=not self._up.pending)
@@ -362,6 +409,9 @@ class TransportPump(_PumpBase):
             if transport is None or transport.is_closing():
                 continue
             if abort:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    _set_linger_reset(sock)  # a reset on one side is a reset on the other
                 transport.abort()
             else:
                 transport.close()

@@ -19,8 +19,15 @@ _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 RESTART_BACKOFF = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 
 
-def run_workers(n: int, worker_main: Callable[[int], None], grace_period: float) -> int:
-    """Fork ``n`` workers running ``worker_main(index)``; supervise until told to stop."""
+def run_workers(
+    n: int, worker_main: Callable[[int], None], grace_period: float, on_stop: Callable[[], None] | None = None
+) -> int:
+    """Fork ``n`` workers running ``worker_main(index)``; supervise until told to stop.
+
+    ``on_stop`` runs in the master when a stop signal arrives, before the workers are told:
+    it closes the master's copies of the listening sockets, so that once the workers close
+    theirs new connections are refused instead of waiting in a backlog nobody accepts from.
+    """
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, tuple[int, float]] = {}  # pid → (index, started)
     try:
@@ -39,6 +46,8 @@ def run_workers(n: int, worker_main: Callable[[int], None], grace_period: float)
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and stopping_since is None:
                 log.info("master: %s received: stopping workers", signal.Signals(info.si_signo).name)
                 stopping_since = time.monotonic()
+                if on_stop is not None:
+                    on_stop()
                 for pid in workers:
                     _kill(pid, signal.SIGTERM)
             elif info.si_signo == signal.SIGHUP:
