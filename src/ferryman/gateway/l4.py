@@ -50,7 +50,7 @@ class _Candidates:
 
 
 class GatewayL4(ProxyL4):
-    """Pick backends from one upstream; count connections for least_conn / p2c."""
+    """Pick backends from one upstream (see :class:`CountingGatewayL4` for least_conn / p2c)."""
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -76,6 +76,11 @@ class GatewayL4(ProxyL4):
             error.retry = False
         return error
 
+
+class CountingGatewayL4(GatewayL4):
+    """Also keeps ``Backend.active`` current, which least_conn and p2c choose by; a class of
+    its own so the other algorithms skip two hook calls per connection."""
+
     async def connected_to_upstream(self, session: L4Session, peer: Peer) -> None:
         pick: _Pick = session.ctx
         pick.backend.active += 1
@@ -88,6 +93,18 @@ class GatewayL4(ProxyL4):
             pick.counted = False
 
 
+def _counts_connections(upstream: Upstream) -> bool:
+    """True when some balancer under this upstream picks by open connections."""
+    return _uses_active(upstream.balancer)
+
+
+def _uses_active(member: Any) -> bool:
+    lb = getattr(member, "lb", None)
+    if lb is not None:
+        return lb in ("least_conn", "p2c")
+    return any(_uses_active(child) for child in getattr(member, "members", ()))
+
+
 def build_listener_service(
     name: str, cfg: ListenerConfig, upstream: Upstream, *, pipes: PipePool, connector: Connector, sock: socket.socket | None = None
 ) -> Any:
@@ -95,7 +112,7 @@ def build_listener_service(
     udp = cfg.protocol == "udp"
     if sock is None:
         sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
-    app = GatewayL4(upstream)
+    app = CountingGatewayL4(upstream) if _counts_connections(upstream) else GatewayL4(upstream)
     if udp:
         return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)
     return TcpProxyService(

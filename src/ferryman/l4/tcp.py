@@ -62,6 +62,7 @@ class TcpProxyService:
         self.max_connections = max_connections
         self.pump_options = {"idle_timeout": idle_timeout, "termination_delay": termination_delay}
         self.use_splice = splice != "never"
+        self.splice_first = splice == "always"
         self.local_addr = sock.getsockname()
         self.connections: dict[L4Session, asyncio.Task] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -162,7 +163,7 @@ class TcpProxyService:
     async def _make_pump(self, conn: socket.socket, upstream: socket.socket) -> SplicePump | TransportPump:
         loop = self.loop
         if self.use_splice:
-            return SplicePump(loop, conn, upstream, self.pipes, **self.pump_options)
+            return SplicePump(loop, conn, upstream, self.pipes, splice_first=self.splice_first, **self.pump_options)
         pump = TransportPump(loop, **self.pump_options)
         await pump.wrap_sockets(conn, upstream)
         return pump
