@@ -76,7 +76,7 @@ class Running:
         """The first stderr line matching ``pattern``, waiting for it up to ``timeout``."""
         regex = re.compile(pattern)
         with self._cond:
-            found = self._cond.wait_for(lambda: next((l for l in self.lines if regex.search(l)), None), timeout)
+            found = self._cond.wait_for(lambda: next((line for line in self.lines if regex.search(line)), None), timeout)
         assert found, f"no stderr line matched {pattern!r} within {timeout}s; stderr:\n" + self.stderr
         return found
 
@@ -486,7 +486,7 @@ def test_workers_drain_a_connection_to_the_demo_origin_of_another_worker(tmp_pat
             proc.proc.send_signal(signal.SIGTERM)
             wait_until(lambda: connection_refused(port), 5, "new connections to be refused")
             # worker 0 has drained its own (no) connections and now holds only the origin
-            proc.wait_for(rf"\[{demo_pid}\] .*demo origin: waiting up to 5s for \\d+ open connection")
+            proc.wait_for(rf"\[{demo_pid}\] .*demo origin: waiting up to 5s for \d+ open connection")
             live.request("GET", "/bytes/100000")
             response = live.getresponse()
             assert response.status == 200 and len(response.read()) == 100000

@@ -58,13 +58,19 @@ class Gateway:
             sock = self.sockets[name]
             if cfg.protocol == "udp" and config.server.workers > 1 and worker > 0:
                 # each worker has its own SO_REUSEPORT UDP socket: the kernel keeps a client on one worker
+                self.sockets[name].close()  # worker 0's, inherited: unread here, it would only hold datagrams
                 sock = bind_socket(cfg.addr, udp=True, reuse_port=True)
             server.add_service(build_listener_service(name, cfg, upstreams[cfg.upstream], pipes=pipes, connector=connector, sock=sock))
         for upstream in upstreams.values():
             if upstream.checker is not None:
                 server.add_background(upstream.checker)
-        if self.demo_sock is not None and worker == 0:
-            server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
+        if self.demo_sock is not None:
+            if worker == 0:
+                server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
+            else:
+                # only worker 0 serves the origin; an inherited copy left open here would take
+                # connections into a backlog nobody accepts from once worker 0 has stopped
+                self.demo_sock.close()
         return server
 
 
