@@ -490,3 +490,18 @@ def test_toml_path() -> None:
     assert toml_path(("upstreams", "api", "backends", 1)) == "upstreams.api.backends[1]"
     assert toml_path(("server",)) == "server"
     assert toml_path(()) == ""
+
+
+def test_tcp_health_check_on_an_upstream_served_over_udp_is_rejected() -> None:
+    text = """
+[listeners.dns]
+addr = "127.0.0.1:5353"
+protocol = "udp"
+upstream = "dns"
+[upstreams.dns]
+backends = ["127.0.0.1:53"]
+health_check = { kind = "tcp" }
+"""
+    with pytest.raises(ConfigError) as info:
+        load_text(text)
+    assert [path for path, _ in info.value.errors] == ["upstreams.dns.health_check"]

@@ -48,6 +48,8 @@ def _check_listener_upstreams(listeners: dict, upstreams: dict) -> list[tuple[st
                     errors.append((f"upstreams.{leaf}.proxy_protocol", f"not supported for UDP listener listeners.{name}"))
                 if any(isinstance(b, str) and b.strip().startswith("unix:") for b in upstreams[leaf].get("backends") or []):
                     errors.append((f"upstreams.{leaf}.backends", f"unix sockets cannot receive UDP from listeners.{name}"))
+                if upstreams[leaf].get("health_check"):
+                    errors.append((f"upstreams.{leaf}.health_check", f"TCP health checks would mark UDP backends of listeners.{name} down; remove it"))
     return errors
 
 
