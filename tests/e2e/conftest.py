@@ -53,7 +53,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-# socket I/O helpers ------------------------------------------------------------------------
+# socket I/O --------------------------------------------------------------------------------------------
 async def recv_exactly(sock: socket.socket, size: int) -> bytes:
     """Read exactly ``size`` bytes; EOF before that is an assertion failure."""
     loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """The TCP proxy end to end on loopback, driven from Python (no config file).
 
-Data-path tests run on both pumps: ``splice="auto"`` (splice(2) through pooled pipes) and
-``splice="never"`` (transport copy pump).
+Data-path tests run on every pump mode: ``splice="auto"`` (copy first, splice(2) through a
+pooled pipe once a direction proves bulk), ``splice="always"`` (splice from the first byte)
+and ``splice="never"`` (the transport copy pump).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-@pytest.fixture(params=["auto", "never"])
+@pytest.fixture(params=["auto", "always", "never"])
 def splice(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -121,9 +122,10 @@ async def test_bytes_flow_both_ways_intact(net: Any, splice: str) -> None:
     sender = asyncio.get_running_loop().create_task(net.send_all(client, up, eof=True))
     received = await net.recv_to_eof(client)
     await sender
-
-    assert len(received) == len(down) and sha(received) == sha(down)
     session, error = await app.logged()
+
+    seen = f"got {len(received)} bytes; proxy: {error}, up={session.bytes_up} down={session.bytes_down} reset_by={session.reset_by}"
+    assert len(received) == len(down) and sha(received) == sha(down), seen
     assert error is None
     uploaded = await origin_got
     assert len(uploaded) == len(up) and sha(uploaded) == sha(up)
@@ -161,6 +163,30 @@ async def test_half_close_client_first(net: Any, splice: str) -> None:
     proxy = await start_proxy(net, app, splice=splice)
     client = await net.connect(proxy.local_addr)
     await net.send_all(client, b"the whole request", eof=True)
+
+    assert await net.recv_to_eof(client) == response
+    session, error = await app.logged()
+    assert error is None and session.reset_by is None
+    assert session.bytes_down == len(response)
+
+
+async def test_half_close_response_finished_before_client_reads(net: Any, splice: str) -> None:
+    """The origin's last bytes and FIN arrive while the proxy is paused by a client that
+    has not read yet (both directions shut: the socket reports HUP with data queued)."""
+    response = os.urandom(4 * MiB)
+    sent = asyncio.Event()
+
+    async def server(conn: socket.socket) -> None:
+        assert await net.recv_to_eof(conn) == b"request"
+        await net.send_all(conn, response)
+        sent.set()  # the handler returns and the origin closes: FIN after the data
+
+    origin = await net.origin(server)
+    app = Recorder(origin.peer())
+    proxy = await start_proxy(net, app, splice=splice)
+    client = await net.connect(proxy.local_addr, rcvbuf=16 * 1024)
+    await net.send_all(client, b"request", eof=True)
+    await sent.wait()
 
     assert await net.recv_to_eof(client) == response
     session, error = await app.logged()
@@ -225,6 +251,8 @@ async def test_client_reset_closes_origin(net: Any, splice: str) -> None:
 
 # backpressure ----------------------------------------------------------------------------------
 async def test_backpressure_bounds_proxy_memory(net: Any, splice: str) -> None:
+    """A client that does not read while the origin sends 64 MiB: the proxy (in this
+    process) holds a bounded amount, and every byte arrives once the client reads."""
     block, blocks = os.urandom(256 * 1024), 256  # 64 MiB in all
     total = len(block) * blocks
     sent = [0]
@@ -241,7 +269,8 @@ async def test_backpressure_bounds_proxy_memory(net: Any, splice: str) -> None:
     before = rss_bytes()
     client = await net.connect(proxy.local_addr, rcvbuf=128 * 1024)
 
-    # the client reads nothing: wait until the origin can send no more
+    # the client reads nothing. No event says "nothing moves any more", so sample the
+    # origin's progress until it has stood still for half a second.
     last, still = -1, 0
     while still < 5:
         await asyncio.sleep(0.1)
@@ -263,6 +292,34 @@ async def test_backpressure_bounds_proxy_memory(net: Any, splice: str) -> None:
     client.shutdown(socket.SHUT_WR)
     session, error = await app.logged()
     assert error is None and session.bytes_down == total
+
+
+async def test_backpressure_with_small_writes(net: Any, splice: str) -> None:
+    """Small writes keep splice="auto" in its copy phase while the client does not read:
+    the unsent tail must be held and the origin left unread, never overwritten."""
+    chunk, chunks = 8 * 1024, 1024  # 8 MiB in writes smaller than one copy buffer
+    data = os.urandom(chunk * chunks)
+    halfway = asyncio.Event()
+
+    async def trickle(conn: socket.socket) -> None:
+        view = memoryview(data)
+        for i in range(chunks):
+            await net.send_all(conn, view[i * chunk : (i + 1) * chunk])
+            await asyncio.sleep(0)  # let the proxy read each write on its own
+            if i == chunks // 2:
+                halfway.set()
+
+    origin = await net.origin(trickle)
+    app = Recorder(origin.peer())
+    proxy = await start_proxy(net, app, splice=splice)
+    client = await net.connect(proxy.local_addr, rcvbuf=16 * 1024)
+    await halfway.wait()  # 4 MiB sent while the client read nothing
+
+    received = await net.recv_to_eof(client)
+    assert len(received) == len(data) and sha(received) == sha(data)
+    client.shutdown(socket.SHUT_WR)
+    session, error = await app.logged()
+    assert error is None and session.bytes_down == len(data)
 
 
 # timeouts --------------------------------------------------------------------------------------
@@ -410,6 +467,27 @@ async def test_upstream_peer_exception_keeps_listener_serving(net: Any, splice: 
     await roundtrip(net, client, b"next one works")
 
 
+async def test_new_ctx_exception_closes_only_that_client(net: Any) -> None:
+    class BrokenCtx(Recorder):
+        ctx_calls = 0
+
+        def new_ctx(self) -> Any:
+            self.ctx_calls += 1
+            if self.ctx_calls == 1:
+                raise RuntimeError("ctx bug")
+            return None
+
+    origin = await net.origin(net.echo)
+    app = BrokenCtx(origin.peer())
+    proxy = await start_proxy(net, app, max_connections=1)  # a leaked slot would block the next client
+    broken = await net.connect(proxy.local_addr)
+    assert await net.outcome(broken) == "eof"
+
+    client = await net.connect(proxy.local_addr)
+    await roundtrip(net, client, b"next one works")
+    assert app.peer_calls == 1
+
+
 # PROXY protocol, accepting -------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("header", "source"),
@@ -437,6 +515,20 @@ async def test_accept_proxy_header(net: Any, splice: str, header: bytes, source:
     assert app.filtered == [source] and session.client_addr == source
     assert session.socket_peer == client.getsockname()
     assert session.bytes_up == len(payload) + len(b"and later bytes too")
+
+
+async def test_accept_proxy_header_in_pieces(net: Any) -> None:
+    origin = await net.origin(net.echo)
+    app = Recorder(origin.peer())
+    proxy = await start_proxy(net, app, accept_proxy=True)
+    client = await net.connect(proxy.local_addr)
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    await net.send_all(client, V2_HEADER[:10])
+    await asyncio.sleep(0)  # let the proxy see the incomplete header first
+    await net.send_all(client, V2_HEADER[10:] + b"payload")
+
+    assert await net.recv_exactly(client, 7) == b"payload"
+    assert app.filtered == [("203.0.113.7", 40000)]
 
 
 async def test_malformed_proxy_header_closes_only_that_connection(net: Any) -> None:

@@ -102,8 +102,14 @@ class TcpProxyService:
 
     # per connection ----------------------------------------------------------------------
     def _on_accept(self, conn: socket.socket, peer: object) -> None:
-        app = self.app
-        session = L4Session(self.name, "tcp", peer, self.local_addr, app.new_ctx())
+        try:
+            ctx = self.app.new_ctx()
+        except Exception:  # a bug in a hook must not leak the socket or its connection slot
+            log.exception("%s: client %s: new_ctx failed", self.name, _fmt_addr(peer))
+            conn.close()
+            self._acceptor.release()  # type: ignore[union-attr]
+            return
+        session = L4Session(self.name, "tcp", peer, self.local_addr, ctx)
         self.connections[session] = self.loop.create_task(self._serve(conn, session))  # type: ignore[union-attr]
         self._idle.clear()
 

@@ -29,7 +29,9 @@ class Reactor:
     """One per event loop (see :func:`reactor_for`). Handlers get the ready event mask."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # weak: the registry maps loop → reactor weakly, so a strong reference back would
+        # keep every loop (and its epoll fd) alive for ever
+        self._loop = weakref.ref(loop)
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._masks: dict[int, int] = {}
@@ -82,7 +84,8 @@ class Reactor:
     async def wait_writable_once(self, fd: int, deadline: float | None) -> None:
         """Wait until ``fd`` is writable (a connect finished), or raise TimeoutError at
         ``deadline`` (loop time). Leaves ``fd`` parked on success, forgotten on failure."""
-        loop = self.loop
+        loop = self._loop()
+        assert loop is not None
         ready = loop.create_future()
         self.register(fd, EPOLLOUT | EPOLLONESHOT, lambda events: ready.done() or ready.set_result(None))
         timer = loop.call_at(deadline, _expire, ready) if deadline is not None else None
@@ -104,7 +107,9 @@ class Reactor:
                 handler(events)
 
     def close(self) -> None:
-        self.loop.remove_reader(self._epoll.fileno())
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         self._handlers.clear()
         self._masks.clear()
