@@ -196,11 +196,19 @@ class SplicePump(_PumpBase):
         return self.done
 
     # events --------------------------------------------------------------------------------
+    # The mask holds EPOLLIN only while a direction may read, and epoll reports a socket
+    # once per batch, so a plain EPOLLIN goes straight to the read path.
     def _on_client_event(self, events: int) -> None:
-        self._on_event(events, self._up, self._down)
+        if events == EPOLLIN:
+            self._on_readable(self._up)
+        else:
+            self._on_event(events, self._up, self._down)
 
     def _on_upstream_event(self, events: int) -> None:
-        self._on_event(events, self._down, self._up)
+        if events == EPOLLIN:
+            self._on_readable(self._down)
+        else:
+            self._on_event(events, self._down, self._up)
 
     def _on_event(self, events: int, reading: _Direction, writing: _Direction) -> None:
         """``reading`` has this socket as its source, ``writing`` as its destination."""
@@ -225,7 +233,7 @@ class SplicePump(_PumpBase):
         except OSError as exc:
             self._on_error(exc, d.name)
             return
-        self._last_active = self.loop.time()
+        self._last_active = self.reactor.now
         if n == 0:
             self._on_eof(d)
             return
@@ -279,7 +287,7 @@ class SplicePump(_PumpBase):
         if self._finished or d.pending:
             return
         d.waiting = False
-        self._last_active = self.loop.time()
+        self._last_active = self.reactor.now
         self._update(d.dst_fd)
         if d.eof:
             self._propagate_fin(d)

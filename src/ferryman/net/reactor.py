@@ -35,6 +35,7 @@ class Reactor:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._masks: dict[int, int] = {}
+        self.now = loop.time()  # loop time of the current dispatch: a cheap activity stamp
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def register(self, fd: int, mask: int, handler: Handler) -> None:
@@ -100,6 +101,7 @@ class Reactor:
         self.park(fd)
 
     def _dispatch(self) -> None:
+        self.now = self._loop().time()  # type: ignore[union-attr]
         handlers = self._handlers
         for fd, events in self._epoll.poll(0, BATCH):
             handler = handlers.get(fd)
