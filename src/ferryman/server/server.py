@@ -7,6 +7,7 @@ A *service* has ``start()``, ``stop_accepting()`` and ``async drain(timeout)``; 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
-    def start(self) -> None: ...
+    def start(self) -> None | Awaitable[None]: ...
     def stop_accepting(self) -> None: ...
     async def drain(self, timeout: float) -> None: ...
 
@@ -72,7 +73,9 @@ class Server:
         for service in self.background:
             service.start()
         for service in self.services:
-            service.start()
+            started = service.start()
+            if inspect.isawaitable(started):
+                await started
         for callback in self.on_started:
             result = callback()
             if result is not None:

@@ -1,0 +1,255 @@
+"""A client's HTTP/1.1 connection: parse requests, run one exchange at a time, keep-alive,
+pipelining, timeouts, and the switch to a raw tunnel after ``101 Switching Protocols``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..protocol.h1.events import Data, EndOfMessage, H1Error, RequestHead
+from ..protocol.h1.parser import RequestParser
+from ..protocol.h1.serializer import REASONS, response_head
+from .exchange import Exchange
+from .session import Session
+
+if TYPE_CHECKING:
+    from .service import HttpProxyService
+
+log = logging.getLogger(__name__)
+
+
+class DownstreamH1(asyncio.Protocol):
+    """One client connection. Reading pauses while a pipelined request waits its turn or
+    while the upstream cannot take more request body."""
+
+    def __init__(self, service: HttpProxyService) -> None:
+        self.service = service
+        self.loop = service.loop
+        self.parser = RequestParser(**service.parser_limits)
+        self.transport: asyncio.Transport | None = None
+        self.peer: object = None
+        self.local: object = None
+        self.exchange: Exchange | None = None
+        self.pending: list = []  # events of pipelined requests waiting their turn
+        self.pending_error: H1Error | None = None
+        self.keep_alive = True
+        self.closing = False
+        self.tunnel = False
+        self.write_paused = False
+        self.requests = 0
+        self._read_pauses: set[object] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_started = False  # bytes of the next request head have arrived
+
+    # asyncio callbacks -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        self.local = transport.get_extra_info("sockname")
+        self.service.connections.add(self)
+        self._arm_timer(self.service.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if self.tunnel:
+            exchange.on_downstream_tunnel_data(data)  # type: ignore[union-attr]
+            return
+        if exchange is None and not self._head_started:
+            self._head_started = True  # slowloris guard: the whole head within header_timeout
+            self._arm_timer(self.service.header_timeout)
+        try:
+            events = self.parser.feed(data)
+        except H1Error as exc:
+            if exchange is None:
+                self._reject(exc)
+            else:
+                self.pending_error = exc
+                self._pause("error")
+            return
+        if events:
+            self._handle(events)
+
+    def _handle(self, events: list) -> None:
+        for index, event in enumerate(events):
+            exchange = self.exchange
+            kind = type(event)
+            if kind is RequestHead:
+                if exchange is not None:  # pipelined: wait for the current exchange
+                    self.pending = events[index:]
+                    self._pause("pipeline")
+                    return
+                self._start(event)
+            elif exchange is None:
+                continue
+            elif kind is Data:
+                exchange.on_request_body(event.data)
+            elif kind is EndOfMessage:
+                exchange.on_request_end()
+
+    def eof_received(self) -> bool:
+        if self.tunnel and self.exchange is not None:
+            self.exchange.on_downstream_tunnel_eof()
+            return True
+        if self.exchange is not None and not self.exchange.request_done:
+            return False  # truncated request body: connection_lost tells the exchange
+        self.keep_alive = False
+        return self.exchange is not None  # keep the write side open to finish the response
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_timer()
+        self.service.connections.discard(self)
+        if self.exchange is not None:
+            self.exchange.on_downstream_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.exchange is not None:
+            self.exchange.on_downstream_write_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchange is not None:
+            self.exchange.on_downstream_write_resumed()
+
+    # exchanges -------------------------------------------------------------------------------
+    def _start(self, head: RequestHead) -> None:
+        self._cancel_timer()
+        self._head_started = False
+        self.requests += 1
+        if not head.keep_alive or self.closing:
+            self.keep_alive = False
+        session = Session(head, self.peer, self.local, self)
+        service = self.service
+        if service.has["new_ctx"]:
+            session.ctx = service.app.new_ctx()
+        exchange = self.exchange = Exchange(self, session)
+        service.exchanges.add(exchange)
+        self.loop.create_task(self._run(exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await exchange.run()
+        finally:
+            self.service.exchanges.discard(exchange)
+            self._finished(exchange)
+
+    def _finished(self, exchange: Exchange) -> None:
+        self.exchange = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.tunnel or not self.keep_alive or self.closing or not exchange.request_done:
+            transport.close()  # an unread request body would desync the next request
+            return
+        if self.pending_error is not None:
+            self._reject(self.pending_error)
+            return
+        self._arm_timer(self.service.keepalive_timeout)
+        self._resume("pipeline")
+        self._resume("error")
+        pending, self.pending = self.pending, []
+        if self.parser.paused:  # an upgrade the upstream refused: back to HTTP
+            try:
+                pending += self.parser.resume()
+            except H1Error as exc:
+                self._reject(exc)
+                return
+        if pending:
+            self._handle(pending)
+
+    def send_response(self, session: Session, head: bytes, body: bytes) -> None:
+        """A response made by ferryman itself (request_filter, errors)."""
+        if not self.keep_alive:
+            head = head[:-2] + b"connection: close\r\n\r\n"
+        self.write(head + body)
+        session.response_sent = True
+        session.bytes_sent += len(body)
+
+    def _reject(self, exc: H1Error) -> None:
+        """Answer a malformed request with its status and close (the stream cannot be trusted)."""
+        log.info("%s: client %s: %s %s", self.service.name, self.peer, exc.status, exc)
+        body = f"{exc.status} {REASONS.get(exc.status, b'').decode()}\n{exc}\n".encode()
+        head = response_head(
+            exc.status, b"",
+            [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)), (b"connection", b"close")],
+        )
+        self.write(head + body)
+        self.close()
+
+    # tunnel ----------------------------------------------------------------------------------
+    def start_tunnel(self, exchange: Exchange) -> None:
+        self.tunnel = True
+        self._cancel_timer()
+        held = self.parser.switch_protocols() if self.parser.paused else b""
+        if held:
+            exchange.on_downstream_tunnel_data(held)
+        self._resume("pipeline")
+
+    # io helpers ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+
+    def write_eof(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading_for(self, owner: object) -> None:
+        self._pause(owner)
+
+    def resume_reading_for(self, owner: object) -> None:
+        self._resume(owner)
+
+    def _pause(self, owner: object) -> None:
+        if not self._read_pauses and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._read_pauses.add(owner)
+
+    def _resume(self, owner: object) -> None:
+        if owner in self._read_pauses:
+            self._read_pauses.discard(owner)
+            if not self._read_pauses and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Graceful stop: an idle connection closes now, a busy one after its exchange."""
+        self.keep_alive = False
+        if self.exchange is None:
+            self.close()
+
+    # timers ----------------------------------------------------------------------------------
+    def _arm_timer(self, timeout: float | None) -> None:
+        self._cancel_timer()
+        if timeout:
+            self._timer = self.loop.call_later(timeout, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.exchange is not None:
+            return
+        if self._head_started:  # a head that did not complete in time (slowloris)
+            self._reject(H1Error(408, "request head not received in time"))
+        else:
+            self.close()  # idle keep-alive connection

@@ -1,0 +1,490 @@
+"""One request/response through the proxy: the phase driver and the body streams.
+
+The phases (hooks, peer choice, connect or pool hit, sending the head, waiting for the
+response head) run in one task per request. Bodies do not: request body chunks go from
+the downstream protocol straight to the upstream transport, response body chunks from
+the upstream protocol straight to the downstream transport, with pause/resume both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ErrorKind, ErrorSource, ProxyError
+from ..protocol import proxy_protocol
+from ..protocol.h1.events import BodyKind, H1Error, ResponseHead
+from ..protocol.h1.headers import strip_hop_by_hop
+from ..protocol.h1.serializer import chunk, last_chunk, request_head, response_head
+from .session import Session
+from .upstream_h1 import UpstreamH1
+
+if TYPE_CHECKING:
+    from .downstream_h1 import DownstreamH1
+
+log = logging.getLogger(__name__)
+
+BODY_BUFFER_LIMIT = 64 * 1024  # bytes held while the other side is not ready, then pause reading
+_CHUNKED = (b"transfer-encoding", b"chunked")
+_CONN_CLOSE = (b"connection", b"close")
+
+
+class Exchange:
+    """Drives one request. Created by the downstream protocol for each request head."""
+
+    def __init__(self, downstream: DownstreamH1, session: Session) -> None:
+        self.downstream = downstream
+        self.service = downstream.service
+        self.app = self.service.app
+        self.session = session
+        self.loop = downstream.loop
+        self.upstream: UpstreamH1 | None = None
+        self.reused = False
+        self.tunnel = False
+        # request body (downstream → upstream)
+        self.request_chunked = session.request.body.kind is BodyKind.CHUNKED
+        self.request_done = session.request.body.kind is BodyKind.NONE
+        self.req_buffer: list[bytes] = []
+        self.req_buffered = 0
+        self.req_streaming = False
+        # response (upstream → downstream)
+        self.head_future: asyncio.Future[ResponseHead] = self.loop.create_future()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.resp_head: ResponseHead | None = None
+        self.resp_mode = "raw"  # raw | chunked | close | none
+        self.resp_streaming = False
+        self.resp_buffer: list[bytes] = []
+        self.resp_ended = False
+        self.resp_trailers: list[tuple[bytes, bytes]] = []
+        self.body_filters = self.service.has_response_body_filters
+        self.last_activity = self.loop.time()
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    # the phase driver ------------------------------------------------------------------------
+    async def run(self) -> None:
+        app, s, svc = self.app, self.session, self.service
+        error: ProxyError | None = None
+        try:
+            if svc.has["early_request_filter"]:
+                await app.early_request_filter(s)
+            if svc.has["request_filter"] and await app.request_filter(s):
+                return
+            if svc.has["proxy_upstream_filter"] and not await app.proxy_upstream_filter(s):
+                raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.INTERNAL, context="proxy_upstream_filter refused the request")
+            head = await self._send_with_retries()
+            await self._deliver_head(head)
+            await self.done
+        except ProxyError as exc:
+            error = exc
+            await self._fail(exc)
+        except asyncio.CancelledError:
+            error = ProxyError(ErrorKind.INTERNAL, context="cancelled by shutdown")
+            self._abort_upstream()
+        except Exception as exc:  # a bug in a hook: answer 500, keep serving others
+            error = ProxyError(ErrorKind.INTERNAL, context=f"{type(exc).__name__}: {exc}")
+            log.exception("%s: %s: unexpected error", svc.name, app.request_summary(s))
+            await self._fail(error, status=500)
+        finally:
+            self._cancel_timer()
+            s.digest.end = self.loop.time()
+            self._release_upstream(error is None)
+        if svc.has["logging"]:
+            try:
+                await app.logging(s, error)
+            except Exception:
+                log.exception("%s: logging hook failed", svc.name)
+
+    async def _send_with_retries(self) -> ResponseHead:
+        app, s = self.app, self.session
+        tries = max(1, app.max_tries)
+        while True:
+            peer = await app.upstream_peer(s)
+            s.peer = peer
+            try:
+                await self._acquire(peer)
+                return await self._send_request()
+            except ProxyError as exc:
+                if self.upstream is not None:
+                    if self.service.has["error_while_proxy"] or exc.kind in (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET):
+                        exc = app.error_while_proxy(s, peer, exc, self.reused)
+                    self._abort_upstream()
+                s.tries += 1
+                s.last_error = exc
+                if not exc.retry or s.tries >= tries or not self._can_resend():
+                    raise
+                log.info("%s: %s: %s; retrying", self.service.name, app.request_summary(s), exc)
+                self.head_future = self.loop.create_future()
+
+    def _can_resend(self) -> bool:
+        """A request whose body already went (partly) upstream cannot be sent again."""
+        return not self.req_streaming or self.session.body_bytes_received == 0
+
+    async def _acquire(self, peer: Any) -> None:
+        """A pooled connection to ``peer`` or a new one (failover decided by fail_to_connect)."""
+        svc, s = self.service, self.session
+        key = (peer.address, peer.proxy, peer.proxy_protocol)
+        conn = svc.pool.get(key)
+        self.reused = conn is not None
+        if conn is None:
+            try:
+                sock = await svc.connector.connect(peer)
+            except ProxyError as exc:
+                if svc.has["fail_to_connect"]:
+                    exc = self.app.fail_to_connect(s, peer, exc)
+                raise
+            try:
+                if peer.proxy_protocol:
+                    header = _proxy_header(peer.proxy_protocol, s)
+                    await self.loop.sock_sendall(sock, header)
+                _, conn = await self.loop.create_connection(lambda: UpstreamH1(key, peer.name), sock=sock)
+            except OSError as exc:
+                sock.close()
+                raise ProxyError(ErrorKind.CONNECT_ERROR, ErrorSource.UPSTREAM, retry=True, context=peer.name) from exc
+        else:
+            conn.pool = None
+        self.upstream = conn  # type: ignore[assignment]
+        s.digest.upstream_connect = self.loop.time()
+        s.digest.reused = self.reused
+        s.digest.upstream_addr = peer.name
+        if svc.has["connected_to_upstream"]:
+            await self.app.connected_to_upstream(s, peer, self.reused)
+
+    async def _send_request(self) -> ResponseHead:
+        s, svc, upstream = self.session, self.service, self.upstream
+        assert upstream is not None
+        headers = self._upstream_headers()
+        if svc.has["upstream_request_filter"]:
+            await self.app.upstream_request_filter(s, headers)
+        upstream.begin(self, s.upstream_method)
+        upstream.write(request_head(s.upstream_method, s.upstream_target, headers))
+        self._flush_request_body()
+        self._arm_read_timer()
+        head = await self.head_future
+        s.digest.upstream_header = self.loop.time()
+        return head
+
+    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        s = self.session
+        request = s.request
+        headers = strip_hop_by_hop(request.headers)
+        if request.upgrade is not None:
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", request.upgrade))
+        if self.request_chunked:
+            headers.append(_CHUNKED)
+        if self.service.forwarded_headers:
+            _add_forwarded(headers, s)
+        return headers
+
+    # request body ----------------------------------------------------------------------------
+    def on_request_body(self, data: bytes) -> None:
+        """Downstream protocol callback: a request body chunk."""
+        self.session.body_bytes_received += len(data)
+        if self.req_streaming:
+            self._write_request_chunk(data)
+            return
+        self.req_buffer.append(data)
+        self.req_buffered += len(data)
+        if self.req_buffered > BODY_BUFFER_LIMIT:
+            self.downstream.pause_reading_for(self)
+
+    def on_request_end(self) -> None:
+        self.request_done = True
+        if self.req_streaming and self.request_chunked:
+            self.upstream.write(last_chunk())  # type: ignore[union-attr]
+
+    def _flush_request_body(self) -> None:
+        for data in self.req_buffer:
+            self._write_request_chunk(data)
+        self.req_buffer.clear()
+        self.req_buffered = 0
+        self.req_streaming = True
+        if self.request_done and self.request_chunked:
+            self.upstream.write(last_chunk())  # type: ignore[union-attr]
+        self.downstream.resume_reading_for(self)
+
+    def _write_request_chunk(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        if self.request_chunked:
+            upstream.writelines(chunk(data))
+        else:
+            upstream.write(data)
+
+    def on_upstream_write_paused(self) -> None:
+        self.downstream.pause_reading_for(self)
+
+    def on_upstream_write_resumed(self) -> None:
+        self.downstream.resume_reading_for(self)
+
+    # response --------------------------------------------------------------------------------
+    def on_upstream_head(self, head: ResponseHead) -> None:
+        self.last_activity = self.loop.time()
+        if 100 <= head.status < 200 and head.status != 101:
+            if not self.downstream.closing:  # interim (100 Continue, 103 Early Hints): pass on now
+                self.downstream.write(response_head(head.status, head.reason, strip_hop_by_hop(head.headers)))
+            return
+        if not self.head_future.done():
+            self.head_future.set_result(head)
+
+    async def _deliver_head(self, head: ResponseHead) -> None:
+        s, app, svc = self.session, self.app, self.service
+        self.resp_head = head
+        headers = strip_hop_by_hop(head.headers)
+        s.response_status = head.status
+        s.response_headers = headers
+        if svc.has["upstream_response_filter"]:
+            app.upstream_response_filter(s, headers)
+        if svc.has["response_filter"]:
+            await app.response_filter(s, headers)
+        if head.status == 101:
+            if s.request.upgrade is None:
+                raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context="101 without an upgrade request")
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", head.get(b"upgrade") or s.request.upgrade))
+            self.downstream.write(response_head(101, head.reason, headers))
+            s.response_sent = True
+            self._start_tunnel()
+            return
+        self.resp_mode = self._response_mode(head, headers)
+        if self.resp_mode == "chunked":
+            _drop(headers, b"content-length")
+            headers.append(_CHUNKED)
+        if not self.downstream.keep_alive or self.resp_mode == "close":
+            self.downstream.keep_alive = False
+            headers.append(_CONN_CLOSE)
+        self.downstream.write(response_head(s.response_status, head.reason if s.response_status == head.status else b"", headers, s.request.version))
+        s.response_sent = True
+        self.resp_streaming = True
+        for data in self.resp_buffer:
+            self._write_response_chunk(data)
+        self.resp_buffer.clear()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+        if self.resp_ended:
+            self._end_response()
+
+    def _response_mode(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> str:
+        kind = head.body.kind
+        if kind is BodyKind.NONE:
+            return "none"
+        if kind is BodyKind.LENGTH and not self.body_filters:
+            return "raw"
+        if self.session.request.version == b"1.0":
+            _drop(headers, b"content-length")
+            return "close"
+        return "chunked"
+
+    def on_upstream_body(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.resp_streaming:
+            self._write_response_chunk(data)
+            return
+        self.resp_buffer.append(data)
+        if sum(map(len, self.resp_buffer)) > BODY_BUFFER_LIMIT and self.upstream and self.upstream.transport:
+            self.upstream.transport.pause_reading()
+
+    def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.resp_trailers = trailers
+
+    def _write_response_chunk(self, data: bytes) -> None:
+        if self.body_filters:
+            data = self._filter_body(data, False)
+            if not data:
+                return
+        self.session.bytes_sent += len(data)
+        if self.resp_mode == "chunked":
+            self.downstream.writelines(chunk(data))
+        else:
+            self.downstream.write(data)
+
+    def _filter_body(self, data: bytes, end: bool) -> bytes:
+        app, s, has = self.app, self.session, self.service.has
+        if has["upstream_response_body_filter"]:
+            data = app.upstream_response_body_filter(s, data, end)
+        if has["response_body_filter"]:
+            data = app.response_body_filter(s, data, end)
+        return data
+
+    def on_upstream_end(self) -> None:
+        self.last_activity = self.loop.time()
+        self.resp_ended = True
+        if self.upstream is not None:
+            self.upstream.finish()
+        if self.resp_streaming:
+            self._end_response()
+        elif not self.head_future.done():  # ended before a final head (e.g. HEAD-less oddity)
+            self.head_future.set_exception(ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context="response ended without a head"))
+
+    def _end_response(self) -> None:
+        if self.body_filters:
+            tail = self._filter_body(b"", True)
+            if tail:
+                self.session.bytes_sent += len(tail)
+                if self.resp_mode == "chunked":
+                    self.downstream.writelines(chunk(tail))
+                else:
+                    self.downstream.write(tail)
+        if self.resp_mode == "chunked":
+            self.downstream.write(last_chunk(self.resp_trailers))
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def on_upstream_error(self, exc: H1Error) -> None:
+        self._upstream_failed(ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context=f"{self.session.peer.name}: invalid response: {exc}"))
+
+    def on_upstream_lost(self, exc: Exception | None) -> None:
+        if self.tunnel:
+            self.downstream.close()
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        if self.resp_ended:
+            return
+        kind = ErrorKind.CONNECTION_RESET if exc is not None else ErrorKind.CONNECTION_CLOSED
+        received = self.upstream.received if self.upstream is not None else 0
+        context = f"{self.session.peer.name} closed the connection" + (" before responding" if not received else " mid-response")
+        self._upstream_failed(ProxyError(kind, ErrorSource.UPSTREAM, context=context))
+
+    def _upstream_failed(self, error: ProxyError) -> None:
+        if self.upstream is not None:
+            self.upstream.alive = False
+        if not self.head_future.done():
+            self.head_future.set_exception(error)
+        elif not self.done.done():
+            self.done.set_exception(error)
+
+    # read timeout ----------------------------------------------------------------------------
+    def _arm_read_timer(self) -> None:
+        timeout = self.service.upstream_read_timeout
+        if timeout and self._read_timer is None:
+            self.last_activity = self.loop.time()
+            self._read_timer = self.loop.call_at(self.last_activity + timeout, self._on_read_timer)
+
+    def _on_read_timer(self) -> None:
+        timeout = self.service.upstream_read_timeout
+        deadline = self.last_activity + timeout
+        if self.done.done() or self.tunnel:
+            self._read_timer = None
+            return
+        if self.loop.time() >= deadline and not self.downstream.write_paused:
+            self._read_timer = None
+            self._upstream_failed(ProxyError(ErrorKind.READ_TIMEOUT, ErrorSource.UPSTREAM, context=f"{self.session.peer.name} sent nothing for {timeout:g}s"))
+        else:
+            self._read_timer = self.loop.call_at(max(deadline, self.loop.time() + 0.1), self._on_read_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    # tunnel (after 101 Switching Protocols) ----------------------------------------------------
+    def _start_tunnel(self) -> None:
+        self.tunnel = True
+        self.downstream.start_tunnel(self)
+        for data in self.resp_buffer:
+            self.downstream.write(data)
+        self.resp_buffer.clear()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    def on_upstream_tunnel_data(self, data: bytes) -> None:
+        self.downstream.write(data)
+
+    def on_upstream_tunnel_eof(self) -> None:
+        self.downstream.write_eof()
+
+    def on_downstream_tunnel_data(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    def on_downstream_tunnel_eof(self) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+
+    def on_downstream_lost(self) -> None:
+        """The client went away: stop the upstream side too."""
+        self._abort_upstream()
+        error = ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context="client closed the connection")
+        if not self.head_future.done():
+            self.head_future.set_exception(error)
+        elif not self.done.done():
+            if self.tunnel:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+    def on_downstream_write_paused(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def on_downstream_write_resumed(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None and self.resp_streaming:
+            self.upstream.transport.resume_reading()
+
+    # ending ----------------------------------------------------------------------------------
+    async def _fail(self, error: ProxyError, status: int | None = None) -> None:
+        s, svc = self.session, self.service
+        if not self.app.suppress_error_log(s, error):
+            log.warning("%s: %s: %s", svc.name, self.app.request_summary(s), error)
+        if s.response_sent or self.downstream.closing:
+            self.downstream.abort()  # a truncated response must not look complete
+            return
+        if status is None:
+            status = await self.app.fail_to_proxy(s, error) if svc.has["fail_to_proxy"] else _default_status(error)
+        if status:
+            self.downstream.keep_alive = False
+            s.respond_error(status, error.context if error.source is ErrorSource.UPSTREAM else "")
+        else:
+            self.downstream.abort()
+
+    def _abort_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.listener = None
+            upstream.abort()
+
+    def _release_upstream(self, ok: bool) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is None:
+            return
+        upstream.listener = None
+        if ok and not self.tunnel and self.resp_ended and self.request_done and upstream.is_reusable():
+            if upstream.transport is not None:
+                upstream.transport.resume_reading()
+            if self.service.pool.put(upstream):
+                upstream.pool = self.service.pool
+            return
+        upstream.close()
+
+
+def _default_status(error: ProxyError) -> int:
+    from .hooks import error_status
+
+    return error_status(error)
+
+
+def _drop(headers: list[tuple[bytes, bytes]], name: bytes) -> None:
+    headers[:] = [pair for pair in headers if pair[0] != name]
+
+
+def _add_forwarded(headers: list[tuple[bytes, bytes]], s: Session) -> None:
+    ip = s.client_ip.encode()
+    prior = [v for k, v in headers if k == b"x-forwarded-for"]
+    _drop(headers, b"x-forwarded-for")
+    headers.append((b"x-forwarded-for", b", ".join(prior + [ip]) if prior else ip))
+    if not any(k == b"x-forwarded-proto" for k, _ in headers):
+        headers.append((b"x-forwarded-proto", b"https" if s.tls else b"http"))
+    host = s.header(b"host")
+    if host is not None and not any(k == b"x-forwarded-host" for k, _ in headers):
+        headers.append((b"x-forwarded-host", host))
+
+
+def _proxy_header(version: int, s: Session) -> bytes:
+    src, dst = s.client_addr, s.local_addr
+    if not (isinstance(src, tuple) and isinstance(dst, tuple)):
+        src = dst = None
+    return proxy_protocol.build(version, src, dst)

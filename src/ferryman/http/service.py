@@ -1,0 +1,100 @@
+"""``HttpProxyService``: serve a ProxyHttp app on a listening socket (HTTP/1.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from ..net.connect import Connector
+from ..upstream.pool import ConnectionPool
+from .hooks import ProxyHttp, overrides
+
+log = logging.getLogger(__name__)
+
+HOOKS = (
+    "new_ctx", "early_request_filter", "request_filter", "request_body_filter", "proxy_upstream_filter",
+    "fail_to_connect", "connected_to_upstream", "upstream_request_filter", "upstream_response_filter",
+    "response_filter", "upstream_response_body_filter", "response_body_filter", "response_trailer_filter",
+    "error_while_proxy", "fail_to_proxy", "logging",
+)
+
+
+class HttpProxyService:
+    """One listener of an HTTP proxy. Connections are accepted by the event loop itself.
+
+    Timeouts (seconds, None = off): ``header_timeout`` for a whole request head
+    (slowloris-proof), ``keepalive_timeout`` for an idle client connection,
+    ``upstream_read_timeout`` between upstream reads. The upstream ``pool`` is per service
+    and per process.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sock: socket.socket,
+        app: ProxyHttp,
+        *,
+        connector: Connector | None = None,
+        pool: ConnectionPool | None = None,
+        header_timeout: float | None = 60.0,
+        keepalive_timeout: float | None = 75.0,
+        upstream_read_timeout: float | None = 60.0,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 32768,
+        max_headers: int = 100,
+        max_body: int | None = None,
+        forwarded_headers: bool = True,
+        pool_size: int = 128,
+        pool_idle_timeout: float = 60.0,
+        backlog: int = 2048,
+    ) -> None:
+        self.backlog = backlog
+        self.name = name
+        self.sock = sock
+        self.app = app
+        self.connector = connector or Connector()
+        self._pool = pool
+        self.pool_size, self.pool_idle_timeout = pool_size, pool_idle_timeout
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.upstream_read_timeout = upstream_read_timeout
+        self.parser_limits = {
+            "max_request_line": max_request_line, "max_header_bytes": max_header_bytes,
+            "max_headers": max_headers, "max_body": max_body,
+        }
+        self.forwarded_headers = forwarded_headers
+        self.has = {hook: overrides(app, hook) for hook in HOOKS}
+        self.has_response_body_filters = self.has["upstream_response_body_filter"] or self.has["response_body_filter"]
+        self.connections: set = set()
+        self.exchanges: set = set()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.server: asyncio.base_events.Server | None = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
+        return self._pool
+
+    async def start(self) -> None:
+        from .downstream_h1 import DownstreamH1
+
+        self.loop = asyncio.get_running_loop()
+        self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight requests finish (idle keep-alive connections close now), then close."""
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._pool is not None:
+            self._pool.close()

@@ -1,0 +1,109 @@
+"""Per-request state handed to every ``ProxyHttp`` hook."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..errors import ProxyError
+from ..protocol.h1.events import RequestHead
+from ..protocol.h1.serializer import response_head
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class Digest:
+    """Timings and connection facts of one request (seconds, monotonic)."""
+
+    __slots__ = ("start", "upstream_connect", "upstream_header", "end", "reused", "upstream_addr")
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.upstream_connect: float | None = None  # connect (or pool hit) done
+        self.upstream_header: float | None = None  # response head received
+        self.end: float | None = None
+        self.reused = False
+        self.upstream_addr = ""
+
+
+class Session:
+    """One HTTP request/response exchange on a downstream connection.
+
+    ``request`` is the parsed head (header names lowercased); hooks may edit
+    ``request.headers``. ``respond()`` answers directly (from ``request_filter``).
+    """
+
+    __slots__ = (
+        "request", "client_addr", "local_addr", "tls", "ctx", "digest", "peer", "tries",
+        "last_error", "response_status", "response_headers", "response_sent", "bytes_sent",
+        "body_bytes_received", "upstream_method", "upstream_target", "_downstream",
+    )
+
+    def __init__(self, request: RequestHead, client_addr: Any, local_addr: Any, downstream: Any, *, tls: bool = False) -> None:
+        self.request = request
+        self.client_addr = client_addr
+        self.local_addr = local_addr
+        self.tls = tls
+        self.ctx: Any = None
+        self.digest = Digest()
+        self.peer: Any = None
+        self.tries = 0
+        self.last_error: ProxyError | None = None
+        self.response_status = 0
+        self.response_headers: list[tuple[bytes, bytes]] | None = None
+        self.response_sent = False  # a response head went downstream
+        self.bytes_sent = 0  # response body bytes sent downstream
+        self.body_bytes_received = 0  # request body bytes read from downstream
+        self.upstream_method = request.method
+        self.upstream_target = request.target
+        self._downstream = downstream
+
+    # request facts -----------------------------------------------------------------------
+    @property
+    def client_ip(self) -> str:
+        addr = self.client_addr
+        return addr[0] if isinstance(addr, tuple) else ""
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of request header ``name`` (lowercase bytes), or None."""
+        for key, value in self.request.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def method_str(self) -> str:
+        return self.request.method.decode("latin-1")
+
+    @property
+    def target_str(self) -> str:
+        return self.request.target.decode("latin-1")
+
+    @property
+    def host_str(self) -> str:
+        return (self.header(b"host") or b"").decode("latin-1")
+
+    @property
+    def retry_safe(self) -> bool:
+        """Idempotent and without a request body: may be sent again on another connection."""
+        return self.request.method in IDEMPOTENT and self.body_bytes_received == 0
+
+    # answering -----------------------------------------------------------------------------
+    def respond(self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Send a complete response downstream (e.g. from ``request_filter``)."""
+        out = list(headers or [])
+        if not any(k == b"content-type" for k, _ in out) and body:
+            out.append((b"content-type", b"text/plain; charset=utf-8"))
+        out.append((b"content-length", b"%d" % len(body)))
+        self.response_status = status
+        self.response_headers = out
+        self._downstream.send_response(self, response_head(status, b"", out), b"" if self.request.method == b"HEAD" else body)
+
+    def respond_error(self, status: int, reason: str = "") -> None:
+        """Send a short error page: ``502 Bad Gateway`` plus an optional reason line."""
+        from ..protocol.h1.serializer import REASONS
+
+        text = f"{status} {REASONS.get(status, b'').decode()}\n"
+        if reason:
+            text += reason + "\n"
+        self.respond(status, text.encode(), [(b"cache-control", b"no-store")])

@@ -1,0 +1,418 @@
+"""End-to-end HTTP/1.1 proxy tests: real client sockets, the proxy, real origins on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import pytest
+
+from ferryman.demo.origin import start_origin
+from ferryman.errors import ProxyError
+from ferryman.http.hooks import ProxyHttp
+from ferryman.http.service import HttpProxyService
+from ferryman.net.addr import parse_address
+from ferryman.net.connect import Peer
+from ferryman.net.listener import bind_socket
+
+
+class App(ProxyHttp):
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.errors: list[ProxyError | None] = []
+
+    async def upstream_peer(self, session):
+        return self.peer
+
+    async def logging(self, session, error):
+        self.errors.append(error)
+
+
+async def start_proxy(app: ProxyHttp, **options) -> HttpProxyService:
+    sock = bind_socket(parse_address("127.0.0.1:0"))
+    service = HttpProxyService("test", sock, app, **options)
+    await service.start()
+    return service
+
+
+async def stop(*things) -> None:
+    for thing in things:
+        if isinstance(thing, HttpProxyService):
+            thing.stop_accepting()
+            await thing.drain(1.0)
+        else:
+            thing.close()
+            await thing.wait_closed()
+
+
+async def origin() -> tuple[asyncio.Server, Peer]:
+    server = await start_origin("127.0.0.1", 0, "o1")
+    port = server.sockets[0].getsockname()[1]
+    return server, Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=2.0)
+
+
+class Client:
+    """A raw HTTP/1.1 client over one socket, reading responses with their framing."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, service: HttpProxyService) -> "Client":
+        host, port = service.sock.getsockname()[:2]
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+        if b"content-length" in headers:
+            body = await self.reader.readexactly(int(headers[b"content-length"]))
+        elif headers.get(b"transfer-encoding") == b"chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await self.reader.readuntil(b"\r\n\r\n") if False else await self.reader.readuntil(b"\r\n")
+                    break
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)
+            body = b"".join(parts)
+        elif status in (204, 304) or 100 <= status < 200:
+            body = b""
+        else:
+            body = await self.reader.read()
+        return status, headers, body
+
+    async def closed(self) -> bool:
+        return await self.reader.read() == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+def get(path: str, extra: bytes = b"") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: example.test\r\n".encode() + extra + b"\r\n"
+
+
+async def test_get_through_the_proxy_with_forwarded_headers() -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/echo"))
+        status, headers, body = await client.response()
+        assert status == 200
+        assert headers[b"x-origin"] == b"o1"
+        assert b"x-forwarded-for: 127.0.0.1" in body
+        assert b"x-forwarded-proto: http" in body
+        assert b"x-forwarded-host: example.test" in body
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_keep_alive_reuses_the_upstream_connection() -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    try:
+        for _ in range(5):
+            client.send(get("/"))
+            status, _, body = await client.response()
+            assert status == 200 and body.startswith(b"Hello")
+        assert proxy.pool.misses == 1 and proxy.pool.hits == 4
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/bytes/10") + get("/bytes/20") + get("/bytes/30"))
+        sizes = [len((await client.response())[2]) for _ in range(3)]
+        assert sizes == [10, 20, 30]
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+@pytest.mark.parametrize("size", [0, 1, 70_000, 3 * 1024 * 1024])
+async def test_request_body_with_content_length_reaches_the_origin(size: int) -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    body = os.urandom(size)
+    try:
+        client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + body)
+        status, _, echoed = await client.response()
+        assert status == 200
+        assert echoed.endswith(body) and b"content-length: %d" % size in echoed.lower()
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_chunked_request_body_is_forwarded_chunked() -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    try:
+        client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        status, _, echoed = await client.response()
+        assert status == 200 and echoed.endswith(b"hello world")
+        assert b"transfer-encoding: chunked" in echoed.lower()
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_large_response_streams_intact() -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/bytes/5000000"))
+        status, headers, body = await client.response()
+        assert status == 200 and len(body) == 5_000_000 and headers[b"content-length"] == b"5000000"
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_refused_upstream_answers_502_naming_the_peer_and_keeps_serving() -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    app = App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=1.0))
+    app.max_tries = 1
+    proxy = await start_proxy(app)
+    try:
+        for _ in range(2):
+            client = await Client.open(proxy)
+            client.send(get("/"))
+            status, _, body = await client.response()
+            assert status == 502 and f"127.0.0.1:{port}".encode() in body
+            await client.close()
+        assert all(e is not None and e.kind.value == "connect_refused" for e in app.errors)
+    finally:
+        dead.close()
+        await stop(proxy)
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+        (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    ],
+)
+async def test_malformed_requests_get_their_status_and_the_connection_closes(raw: bytes, status: int) -> None:
+    server, peer = await origin()
+    app = App(peer)
+    proxy = await start_proxy(app)
+    client = await Client.open(proxy)
+    try:
+        client.send(raw)
+        got, headers, _ = await client.response()
+        assert got == status
+        assert headers.get(b"connection") == b"close"
+        assert await client.closed()
+        assert app.errors == []  # never proxied
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_request_filter_can_answer_without_proxying() -> None:
+    class Gate(App):
+        async def request_filter(self, session):
+            if session.header(b"authorization") != b"Bearer ok":
+                session.respond(401, b"no\n", [(b"www-authenticate", b"Bearer")])
+                return True
+            return False
+
+    server, peer = await origin()
+    proxy = await start_proxy(Gate(peer))
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/"))
+        status, headers, body = await client.response()
+        assert (status, body, headers[b"www-authenticate"]) == (401, b"no\n", b"Bearer")
+        client.send(get("/", b"Authorization: Bearer ok\r\n"))
+        status, _, body = await client.response()
+        assert status == 200 and body.startswith(b"Hello")
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_hooks_run_in_lifecycle_order() -> None:
+    calls: list[str] = []
+
+    class Recorder(App):
+        def new_ctx(self):
+            calls.append("new_ctx")
+
+        async def early_request_filter(self, session):
+            calls.append("early_request_filter")
+
+        async def request_filter(self, session):
+            calls.append("request_filter")
+            return False
+
+        async def proxy_upstream_filter(self, session):
+            calls.append("proxy_upstream_filter")
+            return True
+
+        async def upstream_peer(self, session):
+            calls.append("upstream_peer")
+            return self.peer
+
+        async def connected_to_upstream(self, session, peer, reused):
+            calls.append("connected_to_upstream")
+
+        async def upstream_request_filter(self, session, headers):
+            calls.append("upstream_request_filter")
+            headers.append((b"x-added", b"yes"))
+
+        def upstream_response_filter(self, session, headers):
+            calls.append("upstream_response_filter")
+
+        async def response_filter(self, session, headers):
+            calls.append("response_filter")
+            headers.append((b"x-resp", b"1"))
+
+        def response_body_filter(self, session, chunk, end):
+            if end:
+                calls.append("response_body_filter:end")
+            return chunk.upper()
+
+        async def logging(self, session, error):
+            calls.append("logging")
+
+    server, peer = await origin()
+    proxy = await start_proxy(Recorder(peer))
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/echo"))
+        status, headers, body = await client.response()
+        assert status == 200 and headers[b"x-resp"] == b"1"
+        assert b"X-ADDED: YES" in body  # request header added upstream, body upper-cased
+        assert headers.get(b"transfer-encoding") == b"chunked"  # a body filter drops Content-Length
+        await asyncio.sleep(0)
+        assert calls == [
+            "new_ctx", "early_request_filter", "request_filter", "proxy_upstream_filter", "upstream_peer",
+            "connected_to_upstream", "upstream_request_filter", "upstream_response_filter", "response_filter",
+            "response_body_filter:end", "logging",
+        ]
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_upstream_that_never_answers_gets_504() -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    silent.setblocking(False)
+    port = silent.getsockname()[1]
+    app = App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=1.0))
+    proxy = await start_proxy(app, upstream_read_timeout=0.3)
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/"))
+        status, _, body = await client.response()
+        assert status == 504 and b"sent nothing" in body
+    finally:
+        await client.close()
+        silent.close()
+        await stop(proxy)
+
+
+async def test_slow_request_head_is_cut_off_with_408() -> None:
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer), header_timeout=0.3)
+    client = await Client.open(proxy)
+    try:
+        client.send(b"GET / HTTP/1.1\r\nHost: a\r\n")  # never finished
+        status, _, _ = await client.response()
+        assert status == 408
+        assert await client.closed()
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
+async def test_upstream_garbage_is_a_502_and_does_not_poison_the_client_connection() -> None:
+    async def garbage(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    bad = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = bad.sockets[0].getsockname()[1]
+    app = App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=1.0))
+    app.max_tries = 1
+    proxy = await start_proxy(app)
+    client = await Client.open(proxy)
+    try:
+        client.send(get("/"))
+        status, _, _ = await client.response()
+        assert status == 502
+    finally:
+        await client.close()
+        await stop(proxy, bad)
+
+
+async def test_large_download_to_a_client_that_does_not_read_stays_bounded() -> None:
+    """Backpressure: the proxy stops reading the origin while the client is not reading."""
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(proxy.sock.getsockname())
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, get("/bytes/60000000"))
+        await asyncio.sleep(0.5)
+        buffered = sum(
+            c.transport.get_write_buffer_size() for c in proxy.connections if c.transport is not None
+        )
+        assert buffered < 8 * 1024 * 1024
+        got = 0
+        while got < 60_000_000:
+            data = await loop.sock_recv(sock, 1 << 20)
+            assert data
+            got += len(data) if got else len(data) - data.index(b"\r\n\r\n") - 4
+        assert got == 60_000_000
+    finally:
+        sock.close()
+        await stop(proxy, server)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
