@@ -495,3 +495,22 @@ def test_workers_drain_a_connection_to_the_demo_origin_of_another_worker(tmp_pat
         assert proc.wait(timeout=5) == 0
         assert gone(demo_pid) and gone(other)
         assert "Traceback" not in proc.stderr
+
+
+def test_run_serves_an_http_listener_with_forwarded_headers(tmp_path: Path) -> None:
+    port, demo_port, http_port = free_port(), free_port(), free_port()
+    config = write_config(
+        tmp_path,
+        port=port,
+        demo_port=demo_port,
+        extra=f'[listeners.http]\naddr = "{LOCAL}:{http_port}"\nprotocol = "http"\nupstream = "app"\n'
+        'header_timeout = "5s"\nmax_body_size = "1m"\n',
+    )
+    with running(config) as proc:
+        proc.wait_ready()
+        status, body = http_get(http_port, "/echo")
+        assert status == 200 and b"x-forwarded-for: 127.0.0.1" in body
+        status, body = http_get(http_port, "/bytes/1000000")
+        assert status == 200 and len(body) == 1000000
+        assert proc.stop(timeout=5) == 0
+        assert "Traceback" not in proc.stderr

@@ -416,3 +416,17 @@ async def test_large_download_to_a_client_that_does_not_read_stays_bounded() -> 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+async def test_body_over_the_limit_gets_413_before_reaching_the_origin() -> None:
+    server, peer = await origin()
+    app = App(peer)
+    proxy = await start_proxy(app, max_body=10)
+    client = await Client.open(proxy)
+    try:
+        client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world")
+        status, _, _ = await client.response()
+        assert status == 413 and app.errors == []
+    finally:
+        await client.close()
+        await stop(proxy, server)

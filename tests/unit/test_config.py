@@ -505,3 +505,33 @@ health_check = { kind = "tcp" }
     with pytest.raises(ConfigError) as info:
         load_text(text)
     assert [path for path, _ in info.value.errors] == ["upstreams.dns.health_check"]
+
+
+@pytest.mark.parametrize("text, size", [("512", 512), ("10k", 10240), ("1m", 1048576), ("2g", 2 * 1024**3), ("3MB", 3 * 1048576)])
+def test_sizes_use_binary_units(text: str, size: int) -> None:
+    from ferryman.config.types import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["ten", "1t", "-1", "1.5m", True])
+def test_bad_sizes_are_rejected(bad: object) -> None:
+    from ferryman.config.types import parse_size
+
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_size(bad)
+
+
+def test_http_listener_refuses_proxy_protocol_for_now() -> None:
+    text = """
+[listeners.web]
+addr = "127.0.0.1:8080"
+protocol = "http"
+upstream = "app"
+proxy_protocol = true
+[upstreams.app]
+backends = ["127.0.0.1:9000"]
+"""
+    with pytest.raises(ConfigError) as info:
+        load_text(text)
+    assert [path for path, _ in info.value.errors] == ["listeners.web.proxy_protocol"]

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from ..net.addr import Address
 from ..upstream.backend import Backend, parse_backend
-from .types import Duration, Network, SocketAddress
+from .types import Duration, Network, Size, SocketAddress
 
 
 class Strict(BaseModel):
@@ -93,6 +93,10 @@ class UpstreamConfig(Strict):
     bind_to: SocketAddress | None = None
     connect_proxy: SocketAddress | None = None  # reach backends through an HTTP CONNECT proxy
     health_check: HealthCheckConfig | None = None
+    # http upstreams
+    read_timeout: Duration = 60.0
+    pool_size: int = Field(default=128, ge=0)
+    pool_idle_timeout: Duration = 60.0
 
     @model_validator(mode="after")
     def _one_source(self) -> "UpstreamConfig":
@@ -106,7 +110,7 @@ class UpstreamConfig(Strict):
 
 class ListenerConfig(Strict):
     addr: SocketAddress
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp", "http"] = "tcp"
     upstream: str
     proxy_protocol: bool = False
     proxy_protocol_trusted: list[Network] = []  # empty: any source may send a header
@@ -120,6 +124,11 @@ class ListenerConfig(Strict):
     # udp
     max_sessions: int = Field(default=10000, ge=1)
     session_timeout: Duration = 30.0
+    # http
+    header_timeout: Duration = 60.0
+    keepalive_timeout: Duration = 75.0
+    max_body_size: Size | None = None
+    forwarded_headers: bool = True
 
 
 class Config(Strict):

@@ -34,6 +34,22 @@ def parse_duration(value: object) -> float:
     return total
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def parse_size(value: object) -> int:
+    """``"10m"``, ``"512k"``, ``"1g"`` or a plain integer → bytes (binary units, as nginx)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        number = text.rstrip("kmgb")
+        unit = text[len(number):]
+        if number.isdigit() and unit in _SIZE_UNITS:
+            return int(number) * _SIZE_UNITS[unit]
+    raise ValueError(f"{value!r} is not a size; use bytes or a number with k, m or g (\"10m\")")
+
+
 def _to_address(value: object) -> Address:
     if isinstance(value, Address):
         return value
@@ -52,5 +68,6 @@ def _to_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
 SocketAddress = Annotated[Address, BeforeValidator(_to_address)]
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_to_network)]

@@ -1,4 +1,4 @@
-"""The config-driven L4 app and the services ``ferryman run`` serves for tcp/udp listeners."""
+"""The config-driven L4 app, and the service ``ferryman run`` builds for each listener."""
 
 from __future__ import annotations
 
@@ -112,6 +112,10 @@ def build_listener_service(
     udp = cfg.protocol == "udp"
     if sock is None:
         sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
+    if cfg.protocol == "http":
+        from .http import build_http_service
+
+        return build_http_service(name, cfg, upstream, sock, connector)
     app = CountingGatewayL4(upstream) if _counts_connections(upstream) else GatewayL4(upstream)
     if udp:
         return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)

@@ -255,11 +255,17 @@ class Exchange:
         if not self.downstream.keep_alive or self.resp_mode == "close":
             self.downstream.keep_alive = False
             headers.append(_CONN_CLOSE)
-        self.downstream.write(response_head(s.response_status, head.reason if s.response_status == head.status else b"", headers, s.request.version))
+        head_bytes = response_head(s.response_status, head.reason if s.response_status == head.status else b"", headers, s.request.version)
         s.response_sent = True
         self.resp_streaming = True
-        for data in self.resp_buffer:
-            self._write_response_chunk(data)
+        if self.resp_mode == "raw" and self.resp_buffer:  # one write for head and body received so far
+            body = self.resp_buffer
+            s.bytes_sent += sum(map(len, body))
+            self.downstream.writelines([head_bytes, *body])
+        else:
+            self.downstream.write(head_bytes)
+            for data in self.resp_buffer:
+                self._write_response_chunk(data)
         self.resp_buffer.clear()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
