@@ -1,14 +1,17 @@
-"""Reusable pieces for the benchmark harnesses: processes, ports, CPU accounting, reporting.
+"""Reusable pieces for the benchmark harnesses: processes, ports, CPU accounting, servers,
+wrk runs, interleaved rounds, reporting and the command-line flow.
 
-Used by ``l4.py`` (and meant for the HTTP benchmark). Standard library only, Linux only
-(CPU accounting reads ``/proc``).
+Used by ``l4.py`` and ``http.py``. Standard library only, Linux only (CPU accounting reads
+``/proc``).
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import ctypes
 import datetime as _dt
+import http.client
 import json
 import math
 import os
@@ -20,10 +23,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent

@@ -430,3 +430,31 @@ async def test_body_over_the_limit_gets_413_before_reaching_the_origin() -> None
     finally:
         await client.close()
         await stop(proxy, server)
+
+
+async def test_upgrade_becomes_a_two_way_tunnel_after_101() -> None:
+    async def upgrading(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"upgrade: echo" in head.lower() and b"connection: upgrade" in head.lower()
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nwelcome;")
+        while data := await reader.read(65536):
+            writer.write(data.upper())
+            await writer.drain()
+        writer.write(b";bye")
+        writer.close()
+
+    server = await asyncio.start_server(upgrading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=1.0)))
+    client = await Client.open(proxy)
+    try:
+        client.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly ")
+        head = await client.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101") and b"upgrade: echo" in head.lower()
+        client.send(b"data")
+        client.writer.write_eof()
+        rest = await client.reader.read()
+        assert rest == b"welcome;EARLY DATA;bye"  # bytes sent before the 101 arrived are kept
+    finally:
+        await client.close()
+        await stop(proxy, server)

@@ -42,6 +42,7 @@ class Exchange:
         self.upstream: UpstreamH1 | None = None
         self.reused = False
         self.tunnel = False
+        self._tunnel_eofs: set[str] = set()
         # request body (downstream → upstream)
         self.request_chunked = session.request.body.kind is BodyKind.CHUNKED
         self.request_done = session.request.body.kind is BodyKind.NONE
@@ -315,6 +316,8 @@ class Exchange:
         return data
 
     def on_upstream_end(self) -> None:
+        if self.upstream is not None and self.upstream.parser.switched:
+            return  # the end of a 101 head: the connection now carries the tunnel
         self.last_activity = self.loop.time()
         self.resp_ended = True
         if self.upstream is not None:
@@ -399,17 +402,35 @@ class Exchange:
     def on_upstream_tunnel_data(self, data: bytes) -> None:
         self.downstream.write(data)
 
+    # uvloop can abort the process on write_eof() to a transport that already received EOF
+    # (DESIGN.md): once both directions saw EOF, close instead.
     def on_upstream_tunnel_eof(self) -> None:
-        self.downstream.write_eof()
+        self._tunnel_eofs.add("upstream")
+        if "client" in self._tunnel_eofs:
+            self._close_tunnel()
+        else:
+            self.downstream.write_eof()
 
     def on_downstream_tunnel_data(self, data: bytes) -> None:
         if self.upstream is not None:
             self.upstream.write(data)
 
     def on_downstream_tunnel_eof(self) -> None:
+        self._tunnel_eofs.add("client")
+        if "upstream" in self._tunnel_eofs:
+            self._close_tunnel()
+            return
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and upstream.transport.can_write_eof():
-            upstream.transport.write_eof()
+        transport = upstream.transport if upstream is not None else None
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    def _close_tunnel(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+        self.downstream.close()
+        if not self.done.done():
+            self.done.set_result(None)
 
     def on_downstream_lost(self) -> None:
         """The client went away: stop the upstream side too."""
