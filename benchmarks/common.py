@@ -1,7 +1,7 @@
 """Reusable pieces for the benchmark harnesses: processes, ports, CPU accounting, servers,
 wrk runs, interleaved rounds, reporting and the command-line flow.
 
-Used by ``l4.py`` and ``http.py``. Standard library only, Linux only (CPU accounting reads
+Used by ``l4.py`` and ``l7.py``. Standard library only, Linux only (CPU accounting reads
 ``/proc``).
 """
 
@@ -11,7 +11,6 @@ import argparse
 import atexit
 import ctypes
 import datetime as _dt
-import http.client
 import json
 import math
 import os
@@ -388,3 +387,512 @@ def replace_section(path: Path, heading_prefix: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + body
     path.write_text(text.rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------- servers
+
+SMALL_BODY = "ferryman-benchmark-" + "x" * 80 + "\n"  # 100 bytes, served at /small
+SETTLE_S = 0.5  # pause between measurements so the previous run's sockets finish closing
+
+
+class SetupError(RuntimeError):
+    """A server or contender could not be started."""
+
+
+@dataclass
+class Contender:
+    """A proxy under test; ``services`` are the processes whose CPU is the proxy's CPU.
+
+    ``ports`` says where clients connect (an int, or a harness's own record); ``failed`` holds
+    why the contender is unusable (did not start, did not proxy): it is then never measured.
+    """
+
+    name: str
+    ports: Any
+    services: list[Service] = field(default_factory=list)
+    failed: str | None = None
+
+    def dead(self) -> Service | None:
+        return next((s for s in self.services if not s.alive()), None)
+
+
+def nginx_main_block(workdir: Path, name: str) -> str:
+    """Top of an nginx.conf for a foreground, single-worker instance living in ``workdir``.
+
+    Run as root, nginx would switch its worker to ``nobody``, which cannot enter the private
+    ``workdir`` (files, proxy temp files): keep the worker as root then.
+    """
+    user = "user root;" if os.geteuid() == 0 else ""
+    return f"""
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+"""
+
+
+def nginx_http_block(workdir: Path, name: str, body: str) -> str:
+    """``http {}`` with logging off, long keep-alive and temp paths inside ``workdir``."""
+    tmp = workdir / f"{name}-tmp"
+    tmp.mkdir(exist_ok=True)
+    temps = "\n".join(
+        f"    {kind}_temp_path {tmp}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+{temps}
+{body}
+}}
+"""
+
+
+def start_nginx(group: ProcessGroup, workdir: Path, name: str, conf: str) -> Service:
+    path = workdir / f"{name}.conf"
+    path.write_text(conf)
+    nginx = find_tool("nginx") or "nginx"
+    return group.start(
+        name, [nginx, "-p", str(workdir), "-c", str(path), "-e", f"{workdir}/{name}-error.log"]
+    )
+
+
+def start_origin_nginx(
+    group: ProcessGroup, workdir: Path, port: int, locations: str = ""
+) -> Service:
+    """The origin: nginx serving ``/small`` (SMALL_BODY) plus ``locations``; waits until ready."""
+    server = f"""
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /small {{
+            default_type text/plain;
+            return 200 "{SMALL_BODY.rstrip(chr(10))}\\n";
+        }}
+{locations}
+    }}"""
+    conf = nginx_main_block(workdir, "origin") + nginx_http_block(workdir, "origin", server)
+    svc = start_nginx(group, workdir, "origin", conf)
+    wait_ready(svc, port)
+    return svc
+
+
+def start_haproxy(group: ProcessGroup, workdir: Path, conf: str) -> Service:
+    path = workdir / "haproxy.cfg"
+    path.write_text(conf)
+    return group.start("haproxy", [find_tool("haproxy") or "haproxy", "-db", "-f", str(path)])
+
+
+def start_ferryman(group: ProcessGroup, workdir: Path, toml: str) -> Service:
+    """``python -m ferryman run`` on ``toml`` with ``src`` on PYTHONPATH.
+
+    cwd is the repo root, so ``-m`` finds the checked-out package.
+    """
+    path = workdir / "ferryman.toml"
+    path.write_text(toml)
+    env = dict(os.environ)
+    src = str(REPO_DIR / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return group.start(
+        "ferryman", [sys.executable, "-m", "ferryman", "run", "-c", str(path)],
+        env=env, cwd=REPO_DIR,
+    )
+
+
+def wait_ready(svc: Service, port: int, timeout: float = 15.0) -> None:
+    """Wait until ``svc`` accepts on ``port``; SetupError with its log tail otherwise."""
+    try:
+        wait_listening(port, timeout=timeout, alive=svc.alive)
+    except RuntimeError as exc:
+        raise SetupError(f"{svc.name}: {exc}\n--- {svc.log_path} ---\n{svc.log_tail()}") from exc
+
+
+def settle_contenders(
+    contenders: list[Contender],
+    ports_of: Callable[[Contender], list[int]],
+    verify: Callable[[Contender], str | None] | None = None,
+) -> None:
+    """Wait for every contender's listeners, then ``verify`` it (None = fine, else why not).
+
+    A contender that fails either step gets ``failed`` set and a message on stderr; the others
+    are still measured.
+    """
+    for c in contenders:
+        try:
+            for svc in c.services:
+                for port in ports_of(c):
+                    wait_ready(svc, port)
+            c.failed = verify(c) if verify else None
+        except SetupError as exc:
+            c.failed = f"did not start: {exc}"
+        if c.failed:
+            print(f"contender {c.name} FAILED: {c.failed}", file=sys.stderr, flush=True)
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One ``GET path`` to 127.0.0.1:port with ``Connection: close``: (status, body).
+
+    A raw socket: the check wants the exact bytes, with no client-side decoding.
+    The body is everything after the head (no chunked decoding: the caller checks its length).
+    """
+    req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode("ascii"))
+        while data := s.recv(1 << 16):
+            chunks.append(data)
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    if not m or not sep:
+        raise ValueError(f"not an HTTP response: {head[:80]!r}")
+    return int(m.group(1)), body
+
+
+# --------------------------------------------------------------------------- wrk
+
+WRK_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h), ([\d.]+)([KMGT]?B) read")
+_TIME = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def run_wrk(
+    url: str, duration: int, connections: int, threads: int = 1, close: bool = False
+) -> dict[str, Any]:
+    """wrk for ``duration`` s; value = req/s. Also: requests ('units'), MB/s read (wrk's count,
+    headers included), socket errors and non-2xx/3xx responses."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(url)
+    proc = run_bounded(argv, timeout=duration + 30)
+    out = proc.stdout
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    total = WRK_TOTAL.search(out)
+    if proc.returncode != 0 or not rps or not total:
+        return {"value": None, "error": f"wrk rc={proc.returncode}: {(out + proc.stderr)[-300:]}"}
+    m = WRK_ERRORS.search(out)
+    counts = map(int, m.groups()) if m else (0, 0, 0, 0)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    seconds = float(total.group(2)) * _TIME[total.group(3)]
+    read = float(total.group(4)) * _SIZE[total.group(5)]
+    return {
+        "value": float(rps.group(1)),
+        "units": int(total.group(1)),  # CPU is reported per 1000 requests
+        "seconds": seconds,
+        "mb_s": read / seconds / 1e6 if seconds else None,
+        "socket_errors": dict(zip(("connect", "read", "write", "timeout"), counts)),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "error": None,
+    }
+
+
+def describe_errors(rec: dict[str, Any]) -> str:
+    """Non-zero wrk error counters of one measurement, e.g. 'read 3, non-2xx 1' ('' if none)."""
+    return describe_totals([rec])
+
+
+def describe_totals(recs: list[dict[str, Any]]) -> str:
+    """wrk error counters summed over measurements, non-zero ones only."""
+    totals: dict[str, int] = {}
+    for rec in recs:
+        for k, v in rec.get("socket_errors", {}).items():
+            totals[k] = totals.get(k, 0) + v
+        totals["non-2xx"] = totals.get("non-2xx", 0) + rec.get("non2xx", 0)
+    return ", ".join(f"{k} {v}" for k, v in totals.items() if v)
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How one scenario is described and reported."""
+
+    desc: str
+    unit: str  # of the measured value, e.g. "req/s"
+    cpu_unit: str = "CPU-s/1k req"
+    cpu_per: float = 1000  # proxy CPU is divided by (record["units"] / cpu_per)
+    extra: tuple[tuple[str, str], ...] = ()  # more columns: (header, record key), medians
+
+
+Measure = Callable[[str, Contender, int], dict[str, Any]]
+
+
+def run_rounds(
+    contenders: list[Contender],
+    origin_services: list[Service],
+    scenarios: dict[str, Scenario],
+    rounds: int,
+    duration: int,
+    measure: Measure,
+) -> list[dict[str, Any]]:
+    """Round -> scenario -> contender, the contender order rotated each round; one record
+    per measurement with the proxy's and the origin's CPU-seconds."""
+    records = []
+    n = len(contenders)
+    origin_pids = [s.pid for s in origin_services]
+    for rnd in range(1, rounds + 1):
+        order = contenders[(rnd - 1) % n :] + contenders[: (rnd - 1) % n]
+        for scenario, sc in scenarios.items():
+            for c in order:
+                dead = c.dead() or next((s for s in origin_services if not s.alive()), None)
+                pids = [s.pid for s in c.services]
+                cpu = origin_cpu = None
+                if c.failed:
+                    rec: dict[str, Any] = {"value": None, "error": c.failed.splitlines()[0]}
+                elif dead:
+                    rec = {"value": None, "error": f"{dead.name} exited: {dead.log_tail(5)}"}
+                else:
+                    time.sleep(SETTLE_S)
+                    cpu0, ocpu0 = cpu_seconds(pids), cpu_seconds(origin_pids)
+                    try:
+                        rec = measure(scenario, c, duration)
+                    except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
+                        rec = {"value": None, "error": f"{type(exc).__name__}: {exc}"}
+                    cpu = cpu_seconds(pids) - cpu0 if pids else None
+                    origin_cpu = cpu_seconds(origin_pids) - ocpu0
+                rec.update(round=rnd, scenario=scenario, contender=c.name,
+                           proxy_cpu_s=cpu, origin_cpu_s=origin_cpu)
+                records.append(rec)
+                print_progress(rec, sc.unit)
+    return records
+
+
+def print_progress(rec: dict[str, Any], unit: str) -> None:
+    head = f"  round {rec['round']} {rec['scenario']:<15} {rec['contender']:<13}"
+    if rec["value"] is None:
+        print(f"{head} FAILED: {rec['error']}", flush=True)
+        return
+    cpu = "" if rec["proxy_cpu_s"] is None else f"  proxy CPU {rec['proxy_cpu_s']:.2f}s"
+    errs = describe_errors(rec)
+    print(f"{head} {fmt_num(rec['value']):>10} {unit}{cpu}{'  ERRORS: ' + errs if errs else ''}",
+          flush=True)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def cpu_per_unit(rec: dict[str, Any], sc: Scenario) -> float | None:
+    """Proxy CPU-seconds per ``sc.cpu_per`` units (bytes, requests) of one measurement."""
+    if rec["value"] is None or rec.get("proxy_cpu_s") is None or not rec.get("units"):
+        return None
+    return rec["proxy_cpu_s"] / (rec["units"] / sc.cpu_per)
+
+
+def scenario_table(
+    records: list[dict[str, Any]],
+    scenario: str,
+    sc: Scenario,
+    names: list[str],
+    rounds: int,
+    reference: str,
+) -> str:
+    """One row per contender: median, min–max, paired ratios to ``reference`` and ``direct``,
+    the ``sc.extra`` medians, proxy CPU per unit and the error counts."""
+    by: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for rec in records:
+        if rec["scenario"] == scenario:
+            by[rec["contender"]].append(rec)
+    values = {
+        n: [next((r["value"] for r in by[n] if r["round"] == k), None)
+            for k in range(1, rounds + 1)]
+        for n in names
+    }
+    rows = []
+    for n in names:
+        vals = [v for v in values[n] if v is not None]
+        failed = sum(1 for r in by[n] if r["value"] is None)
+        errors = describe_totals(by[n])
+        if failed:
+            errors = f"FAILED {failed}/{len(by[n])}" + (f"; {errors}" if errors else "")
+        ok = [r for r in by[n] if r["value"] is not None]
+        rows.append([
+            n,
+            fmt_num(median(vals)),
+            f"{fmt_num(min(vals))}–{fmt_num(max(vals))}" if vals else "—",
+            fmt_ratio(paired_ratio(values, n, reference)),
+            fmt_ratio(paired_ratio(values, n, "direct")),
+            *(fmt_num(median([r[key] for r in ok if r.get(key) is not None]))
+              for _, key in sc.extra),
+            fmt_num(median([c for c in (cpu_per_unit(r, sc) for r in by[n]) if c is not None])),
+            errors or "0",
+        ])
+    headers = ["contender", f"median {sc.unit}", "min–max", f"vs {reference}", "vs direct",
+               *(h for h, _ in sc.extra), f"proxy {sc.cpu_unit}", "errors"]
+    return markdown_table(headers, rows)
+
+
+def report(
+    records: list[dict[str, Any]],
+    scenarios: dict[str, Scenario],
+    names: list[str],
+    rounds: int,
+    reference: str,
+) -> str:
+    """A ``###`` table per scenario, each followed by the list of its failed measurements."""
+    parts = []
+    for scenario, sc in scenarios.items():
+        parts.append(f"### {scenario} — {sc.desc} ({sc.unit})\n")
+        parts.append(scenario_table(records, scenario, sc, names, rounds, reference) + "\n")
+        failures = [r for r in records if r["scenario"] == scenario and r["value"] is None]
+        for r in failures:
+            parts.append(f"- round {r['round']} {r['contender']}: {r['error']}")
+        if failures:
+            parts.append("")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@dataclass
+class Harness:
+    """What a benchmark script plugs into ``main``: its contenders, scenarios, servers and
+    the way it measures one scenario against one contender."""
+
+    name: str  # raw JSON prefix, e.g. "l4"
+    title: str  # banner, e.g. "L4 benchmark"
+    heading: str  # its RESULTS.md section, e.g. "## L4 (TCP)"
+    reference: str  # contender the ratios are taken against (besides direct)
+    contenders: tuple[str, ...]
+    scenarios: dict[str, Scenario]
+    tools: tuple[str, ...]
+    install_hint: str
+    # (group, workdir, contender names) -> (contenders, origin services); SetupError if the
+    # origin cannot start. Contenders that do not work are returned with ``failed`` set.
+    start: Callable[[ProcessGroup, Path, list[str]], tuple[list[Contender], list[Service]]]
+    measure: Measure
+    check: Callable[[list[str]], str | None] = lambda names: None  # why it cannot run, or None
+    notes: tuple[str, ...] = ()  # printed under the banner and listed in RESULTS.md
+    meta: dict[str, Any] = field(default_factory=dict)  # extra facts for the raw JSON
+
+
+def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=f"{h.title}: ferryman vs {', '.join(h.contenders)}")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick: 1)")
+    p.add_argument("--duration", type=int,
+                   help="whole seconds per measurement (default 5; --quick: 2)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s")
+    p.add_argument("--contenders", default=",".join(h.contenders),
+                   help=f"comma-separated subset of {','.join(h.contenders)}")
+    p.add_argument("--scenarios", default=",".join(h.scenarios),
+                   help=f"comma-separated subset of {','.join(h.scenarios)}")
+    p.add_argument("--write-results", action="store_true",
+                   help=f"replace the '{h.heading}' section of benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (2 if args.quick else 5)
+    args.contenders = split_choice(p, args.contenders, h.contenders, "--contenders")
+    args.scenarios = split_choice(p, args.scenarios, tuple(h.scenarios), "--scenarios")
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds must be >= 1 and --duration > 0")
+    return args
+
+
+def split_choice(
+    p: argparse.ArgumentParser, raw: str, allowed: tuple[str, ...], flag: str
+) -> list[str]:
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        p.error(f"{flag}: unknown {bad or 'empty'}; choose from {','.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def preflight(h: Harness, names: list[str]) -> str | None:
+    """Why this run cannot start (missing tools, ferryman not runnable, ...), or None."""
+    missing = missing_tools(h.tools)
+    if missing:
+        return f"missing tools: {', '.join(missing)}\ninstall with: {h.install_hint}"
+    if "ferryman" in names and not (REPO_DIR / "src/ferryman/__main__.py").exists():
+        others = ",".join(n for n in h.contenders if n != "ferryman")
+        return ("ferryman is not runnable yet (no src/ferryman/__main__.py); "
+                f"try --contenders {others}")
+    return h.check(names)
+
+
+def results_section(h: Harness, meta: dict[str, Any], tables: str, json_path: Path) -> str:
+    m = meta["machine"]
+    versions = ", ".join(f"{t} {m[t]}" for t in h.tools)
+    notes = "".join(f"- {n}\n" for n in h.notes)
+    return f"""{h.heading} — {today()}
+
+- Command: `{meta['command']}`
+- Rounds: {meta['rounds']} × {meta['duration']} s per measurement, interleaved
+  (round → scenario → contender, contender order rotated each round); ratios are medians of
+  per-round paired ratios; proxy CPU = user+system CPU-seconds of the proxy's processes.
+- Machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}; load generator, origin and
+  proxy share these cores.
+- Versions: {versions},
+  Python {m['python']}, uvloop {m['uvloop']}.
+- Contenders: {', '.join(meta['contenders'])}; each proxy runs 1 worker process/thread.
+{notes}- Raw data: `{json_path.relative_to(REPO_DIR)}` (not committed).
+
+{tables}"""
+
+
+def main(h: Harness, argv: list[str] | None = None) -> int:
+    """Parse flags, start everything, run the rounds, stop everything, report.
+
+    Exit status: 0 all measured, 1 a measurement or contender failed, 2 cannot run here.
+    """
+    args = parse_args(h, argv)
+    problem = preflight(h, args.contenders)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    scenarios = {s: h.scenarios[s] for s in args.scenarios}
+    meta: dict[str, Any] = {
+        "command": command_line(),
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "contenders": args.contenders,
+        "scenarios": args.scenarios,
+        **h.meta,
+        "machine": machine_info({
+t: tool_version([find_tool(t) or t, "-v"]) for t in h.tools
+        }),
+    }
+    m = meta["machine"]
+    print(f"{h.title}: {args.rounds} round(s) × {args.duration} s; contenders "
+          f"{','.join(args.contenders)}; {m['nproc']} cores, kernel {m['kernel']}", flush=True)
+    for note in h.notes:
+        print(f"  {note}", flush=True)
+    with tempfile.TemporaryDirectory(prefix=f"ferryman-{h.name}-") as tmp:
+        group = ProcessGroup(Path(tmp))
+        try:
+            contenders, origin_services = h.start(group, Path(tmp), args.contenders)
+            records = run_rounds(
+                contenders, origin_services, scenarios, args.rounds, args.duration, h.measure
+            )
+        except SetupError as exc:
+            print(f"setup failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            group.stop_all()
+    tables = report(records, scenarios, args.contenders, args.rounds, h.reference)
+    json_path = save_json({"meta": meta, "records": records}, h.name)
+    print()
+    print(tables)
+    print(f"raw results: {json_path.relative_to(REPO_DIR)}")
+    if args.write_results:
+        replace_section(BENCH_DIR / "RESULTS.md", h.heading,
+                        results_section(h, meta, tables, json_path))
+        print("updated benchmarks/RESULTS.md")
+    return 1 if any(r["value"] is None for r in records) else 0
+
+
+def entry(h: Harness) -> None:
+    """``if __name__ == "__main__"`` body: run ``main`` and exit with its status."""
+    try:
+        sys.exit(main(h))
+    except KeyboardInterrupt:
+        print("interrupted; all started processes stopped", file=sys.stderr)
+        sys.exit(130)

@@ -105,7 +105,8 @@ class Running:
         self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        if not self._reader.is_alive():  # a reader still blocked on the pipe holds its lock
+            self.proc.stderr.close()
 
 
 @contextmanager

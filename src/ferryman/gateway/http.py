@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 from ..config.model import ListenerConfig
-from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..http.hooks import ProxyHttp
 from ..http.service import HttpProxyService
 from ..http.session import Session
@@ -22,16 +21,9 @@ class GatewayHttp(ProxyHttp):
         self._hash = upstream.config.lb == "consistent_hash"
 
     async def upstream_peer(self, session: Session) -> Peer:
-        candidates = session.ctx
-        if candidates is None:
-            key = session.client_ip.encode() if self._hash else b""
-            candidates = session.ctx = self.upstream.balancer.select(key, self.max_tries)
-        backend = next(candidates, None)
-        if backend is None:
-            if session.last_error is not None:
-                raise session.last_error
-            raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.UPSTREAM, context=f"upstream {self.upstream.name!r} has no healthy backend")
-        return self.upstream.peer_for(backend)
+        if session.ctx is None:
+            session.ctx = self.upstream.candidates(session.client_ip if self._hash else "")
+        return self.upstream.peer_for(self.upstream.next_backend(session.ctx, session.last_error))
 
 
 def build_http_service(name: str, cfg: ListenerConfig, upstream: Upstream, sock: socket.socket, connector: Connector) -> HttpProxyService:

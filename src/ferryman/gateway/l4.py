@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 from ..config.model import Config, ListenerConfig
-from ..errors import ErrorKind, ErrorSource, ProxyError
+from ..errors import ProxyError
 from ..l4.hooks import ProxyL4
 from ..l4.session import L4Session
 from ..l4.tcp import TcpProxyService
@@ -29,26 +28,6 @@ class _Pick:
         self.counted = False
 
 
-class _Candidates:
-    """The balancer's lazy fail-over order with a one-backend lookahead, so a failed connect
-    can tell whether another backend is left without listing (and so advancing) the rest."""
-
-    __slots__ = ("_it", "_next")
-
-    def __init__(self, it: Iterator[Backend]) -> None:
-        self._it = it
-        self._next: Backend | None = None
-
-    def take(self) -> Backend | None:
-        backend, self._next = self._next, None
-        return backend if backend is not None else next(self._it, None)
-
-    def has_more(self) -> bool:
-        if self._next is None:
-            self._next = next(self._it, None)
-        return self._next is not None
-
-
 class GatewayL4(ProxyL4):
     """Pick backends from one upstream (see :class:`CountingGatewayL4` for least_conn / p2c)."""
 
@@ -58,15 +37,9 @@ class GatewayL4(ProxyL4):
         self._hash = upstream.config.lb == "consistent_hash"
 
     async def upstream_peer(self, session: L4Session) -> Peer:
-        candidates: _Candidates | None = session.candidates
-        if candidates is None:
-            key = session.client_ip.encode() if self._hash else b""
-            candidates = session.candidates = _Candidates(self.upstream.balancer.select(key, self.max_tries))
-        backend = candidates.take()
-        if backend is None:
-            if session.last_error is not None:
-                raise session.last_error
-            raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.UPSTREAM, context=f"upstream {self.upstream.name!r} has no healthy backend")
+        if session.candidates is None:
+            session.candidates = self.upstream.candidates(session.client_ip if self._hash else "")
+        backend = self.upstream.next_backend(session.candidates, session.last_error)
         session.ctx = _Pick(backend)
         return self.upstream.peer_for(backend)
 

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..config.model import Config, UpstreamConfig, parse_member
+from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..net.connect import HttpConnectProxy, Peer, TcpKeepalive
 from ..upstream.backend import Backend
 from ..upstream.balancer import Balancer, Member, WeightedUpstreams
 from ..upstream.health import HealthCheckConfig, HealthChecker
+
+
+class Candidates:
+    """The balancer's lazy fail-over order with a one-backend lookahead, so a failed connect
+    can tell whether another backend is left without listing (and so advancing) the rest."""
+
+    __slots__ = ("_it", "_next")
+
+    def __init__(self, it: Iterator[Backend]) -> None:
+        self._it = it
+        self._next: Backend | None = None
+
+    def take(self) -> Backend | None:
+        backend, self._next = self._next, None
+        return backend if backend is not None else next(self._it, None)
+
+    def has_more(self) -> bool:
+        if self._next is None:
+            self._next = next(self._it, None)
+        return self._next is not None
 
 
 @dataclass
@@ -23,6 +45,19 @@ class Upstream:
 
     def peer_for(self, backend: Backend) -> Peer:
         return self.peers[id(backend)]
+
+    def candidates(self, key: str = "") -> Candidates:
+        """The fail-over order for one connection or request (``key``: the hash key)."""
+        return Candidates(self.balancer.select(key.encode(), self.config.max_tries))
+
+    def next_backend(self, candidates: Candidates, last_error: ProxyError | None) -> Backend:
+        """The next backend to try; with none left, the last error (or NO_BACKEND)."""
+        backend = candidates.take()
+        if backend is None:
+            if last_error is not None:
+                raise last_error
+            raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.UPSTREAM, context=f"upstream {self.name!r} has no healthy backend")
+        return backend
 
 
 def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:

@@ -65,6 +65,7 @@ def _spawn(index: int, worker_main: Callable[[int], None], workers: dict[int, tu
     if pid == 0:
         code = 0
         try:
+            _die_with_parent()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             worker_main(index)
         except SystemExit as exc:
@@ -76,6 +77,19 @@ def _spawn(index: int, worker_main: Callable[[int], None], workers: dict[int, tu
             logging.shutdown()
             os._exit(code)
     workers[pid] = (index, time.monotonic())
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the master dies (even by SIGKILL), so no worker is orphaned."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the master died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _reap(workers: dict[int, tuple[int, float]], worker_main: Callable[[int], None], *, restart: bool) -> None:
