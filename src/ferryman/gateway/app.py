@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ..config.model import Config
 from ..demo.origin import DemoOrigin
+from ..net.connect import Connector
 from ..net.listener import bind_socket
+from ..net.pump import PipePool
 from ..runtime.upstreams import build_upstreams
 from ..server import Server, install_uvloop
 from ..server.workers import run_workers
@@ -50,9 +52,6 @@ class Gateway:
         config = self.config
         server = Server(grace_period=config.server.grace_period)
         upstreams = build_upstreams(config)
-        from ..net.connect import Connector
-        from ..net.pump import PipePool
-
         pipes, connector = PipePool(), Connector()
         for name, cfg in config.listeners.items():
             sock = self.sockets[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ..config.model import Config, ListenerConfig
+from ..config.model import ListenerConfig
 from ..errors import ProxyError
 from ..l4.hooks import ProxyL4
 from ..l4.session import L4Session
@@ -106,17 +106,3 @@ def build_listener_service(
         termination_delay=cfg.termination_delay,
         splice=cfg.splice,
     )
-
-
-def build_services(config: Config, upstreams: dict[str, Upstream]) -> list[Any]:
-    """One service per listener, all bound before any starts (a bind error fails fast)."""
-    pipes, connector = PipePool(), Connector()
-    services = []
-    try:
-        for name, cfg in config.listeners.items():
-            services.append(build_listener_service(name, cfg, upstreams[cfg.upstream], pipes=pipes, connector=connector))
-    except BaseException:
-        for service in services:
-            service.sock.close()
-        raise
-    return services

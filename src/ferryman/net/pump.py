@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
 
 from .reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, reactor_for
 
@@ -469,6 +468,3 @@ class TransportPump(_PumpBase):
                 transport.close()
         self._complete()
 
-
-Pump = SplicePump | TransportPump
-PumpFactory = Callable[..., Pump]
