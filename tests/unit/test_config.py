@@ -149,8 +149,9 @@ def test_config_is_frozen() -> None:
 
 def test_example_config_loads() -> None:
     config = load_file(REPO / "examples" / "ferryman.toml")
-    assert set(config.listeners) == {"web"}
-    assert config.listeners["web"].upstream in config.upstreams
+    assert set(config.listeners) == {"web", "http"}
+    assert config.listeners["http"].protocol == "http"
+    assert all(listener.upstream in config.upstreams for listener in config.listeners.values())
 
 
 # --- durations ------------------------------------------------------------------------
