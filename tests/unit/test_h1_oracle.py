@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from ferryman.protocol.h1 import (
     END_OF_MESSAGE,
-    Data,
     H1Error,
     RequestHead,
     RequestParser,
@@ -18,31 +17,9 @@ from ferryman.protocol.h1 import (
     ResponseParser,
 )
 from ferryman.protocol.h1.serializer import chunk, last_chunk, request_head, response_head
+from support.h1_events import feed_all, normalize
 
 h11 = pytest.importorskip("h11")
-
-
-def normalize(events: list[object]) -> list[object]:
-    """Data merged into bytes."""
-    out: list[object] = []
-    for ev in events:
-        if isinstance(ev, Data):
-            piece = bytes(ev.data)
-            assert piece, "empty Data event"
-            if out and isinstance(out[-1], bytes):
-                out[-1] += piece
-            else:
-                out.append(piece)
-        else:
-            out.append(ev)
-    return out
-
-
-def feed_all(parser: RequestParser | ResponseParser, *pieces: bytes) -> list[object]:
-    events: list[object] = []
-    for piece in pieces:
-        events += parser.feed(piece)
-    return normalize(events)
 
 
 TWO = (

@@ -20,29 +20,7 @@ from ferryman.protocol.h1 import (
     ResponseParser,
     Trailers,
 )
-
-
-def normalize(events: list[object]) -> list[object]:
-    """Data merged into bytes (how a body was cut into events is not part of the contract)."""
-    out: list[object] = []
-    for ev in events:
-        if isinstance(ev, Data):
-            piece = bytes(ev.data)
-            assert piece, "empty Data event"
-            if out and isinstance(out[-1], bytes):
-                out[-1] += piece
-            else:
-                out.append(piece)
-        else:
-            out.append(ev)
-    return out
-
-
-def feed_all(parser: RequestParser | ResponseParser, *pieces: bytes) -> list[object]:
-    events: list[object] = []
-    for piece in pieces:
-        events += parser.feed(piece)
-    return normalize(events)
+from support.h1_events import feed_all, normalize
 
 
 def request(raw: bytes, **kw: int) -> list[object]:

@@ -621,15 +621,7 @@ class RequestParser(_Parser):
         if lengths is None and codings is None:
             body = NO_BODY
         else:
-            if (
-                codings is None
-                and len(lengths) == 1  # type: ignore[arg-type]
-                and len(lengths[0]) < 19  # type: ignore[index]
-                and lengths[0].isdigit()  # type: ignore[index]
-            ):
-                body = BodyFraming(_LENGTH_KIND, int(lengths[0]))  # type: ignore[index]
-            else:
-                body = body_framing(lengths, codings, version, True)  # type: ignore[assignment]
+            body = body_framing(lengths, codings, version, True)  # type: ignore[assignment]
             if (
                 body.kind is _LENGTH_KIND
                 and self._max_body is not None
@@ -806,13 +798,6 @@ class ResponseParser(_Parser):
         elif lengths is None and codings is None:
             body = UNTIL_CLOSE_BODY
             keep_alive = False
-        elif (
-            codings is None
-            and len(lengths) == 1  # type: ignore[arg-type]
-            and len(lengths[0]) < 19  # type: ignore[index]
-            and lengths[0].isdigit()  # type: ignore[index]
-        ):
-            body = BodyFraming(_LENGTH_KIND, int(lengths[0]))  # type: ignore[index]
         else:
             body = body_framing(lengths, codings, version, False)  # type: ignore[assignment]
         return ResponseHead(status, reason, version, headers, keep_alive, body)

@@ -63,6 +63,10 @@ def body_framing(
     codings other than one final ``chunked`` (400 when chunked is not last, 501 for an
     unknown coding before it), and any repeated Content-Length, identical or not.
     """
+    if codings is None and lengths is not None and len(lengths) == 1:
+        value = lengths[0]
+        if len(value) < 19 and value.isdigit():  # the common case: one plain Content-Length
+            return BodyFraming(BodyKind.LENGTH, int(value))
     bad = 400 if request else 502
     if codings:
         if lengths:
