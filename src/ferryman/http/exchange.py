@@ -58,7 +58,7 @@ class Exchange:
         self.resp_buffer: list[bytes] = []
         self.resp_ended = False
         self.resp_trailers: list[tuple[bytes, bytes]] = []
-        self.body_filters = self.service.has_response_body_filters
+        self.body_filters = False  # decided once the response head went through the filters
         self.last_activity = self.loop.time()
         self._read_timer: asyncio.TimerHandle | None = None
 
@@ -240,6 +240,7 @@ class Exchange:
             app.upstream_response_filter(s, headers)
         if svc.has["response_filter"]:
             await app.response_filter(s, headers)
+        self.body_filters = s.filter_body
         if head.status == 101:
             if s.request.upgrade is None:
                 raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context="101 without an upgrade request")

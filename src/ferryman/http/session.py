@@ -36,7 +36,8 @@ class Session:
     __slots__ = (
         "request", "client_addr", "local_addr", "tls", "ctx", "digest", "peer", "tries",
         "last_error", "response_status", "response_headers", "response_sent", "bytes_sent",
-        "body_bytes_received", "upstream_method", "upstream_target", "_downstream",
+        "body_bytes_received", "upstream_method", "upstream_target", "route", "vars", "filter_body",
+        "_downstream",
     )
 
     def __init__(self, request: RequestHead, client_addr: Any, local_addr: Any, downstream: Any, *, tls: bool = False) -> None:
@@ -56,6 +57,9 @@ class Session:
         self.body_bytes_received = 0  # request body bytes read from downstream
         self.upstream_method = request.method
         self.upstream_target = request.target
+        self.route = ""  # the name of the route that matched (product gateway)
+        self.vars: dict[str, Any] = {}  # per-request values of filters and apps (e.g. request_id)
+        self.filter_body = downstream.service.has_response_body_filters  # run the body filters
         self._downstream = downstream
 
     # request facts -----------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The built-in filter kinds; importing this package registers them."""
