@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING
 
+from ..net.detach import detach
+from ..net.reactor import reactor_for
+from ..net.sendfile import send_file
 from ..protocol.h1.events import Data, EndOfMessage, H1Error, RequestHead
 from ..protocol.h1.parser import RequestParser
 from ..protocol.h1.serializer import REASONS, response_head
@@ -37,11 +42,14 @@ class DownstreamH1(asyncio.Protocol):
         self.keep_alive = True
         self.closing = False
         self.tunnel = False
+        self.detached = False  # the socket moved to a splice pump (tunnel)
         self.write_paused = False
         self.requests = 0
         self._read_pauses: set[object] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._head_started = False  # bytes of the next request head have arrived
+        self.body_activity = 0.0  # loop time of the last request body bytes
+        self.pending_file: tuple[int, int, int] | None = None  # fd, offset, count
 
     # asyncio callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,6 +108,8 @@ class DownstreamH1(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_timer()
+        if self.detached:
+            return  # the socket lives on in a splice pump
         self.service.connections.discard(self)
         if self.exchange is not None:
             self.exchange.on_downstream_lost()
@@ -127,6 +137,9 @@ class DownstreamH1(asyncio.Protocol):
             session.ctx = service.app.new_ctx()
         exchange = self.exchange = Exchange(self, session)
         service.exchanges.add(exchange)
+        if not exchange.request_done and service.body_timeout:
+            self.body_activity = self.loop.time()
+            self._arm_timer(service.body_timeout)
         self.loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: Exchange) -> None:
@@ -138,6 +151,9 @@ class DownstreamH1(asyncio.Protocol):
 
     def _finished(self, exchange: Exchange) -> None:
         self.exchange = None
+        if self.detached:
+            self.service.connections.discard(self)
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -168,6 +184,44 @@ class DownstreamH1(asyncio.Protocol):
         session.response_sent = True
         session.bytes_sent += len(body)
 
+    def send_file(self, session: Session, head: bytes, fd: int, offset: int, count: int) -> None:
+        """Start a file response: the head now, the body in :meth:`flush_file`."""
+        self.send_response(session, head, b"")
+        self.pending_file = (fd, offset, count)
+
+    async def flush_file(self, session: Session) -> None:
+        """Send the pending file body: sendfile(2) on a plain socket, else copy by chunks."""
+        fd, offset, count = self.pending_file  # type: ignore[misc]
+        self.pending_file = None
+        try:
+            transport = self.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if not count or transport is None:
+                return
+            if sock is not None and transport.get_extra_info("sslcontext") is None:
+                while transport.get_write_buffer_size() and not transport.is_closing():
+                    await asyncio.sleep(0.002)  # the head leaves first (usually at once)
+                session.bytes_sent += await send_file(sock.fileno(), fd, offset, count, reactor_for(self.loop))
+            else:
+                session.bytes_sent += await self._copy_file(fd, offset, count)
+        except OSError as exc:
+            log.info("%s: client %s: file response cut short: %s", self.service.name, self.peer, exc)
+            self.abort()
+        finally:
+            os.close(fd)
+
+    async def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count and not self.closing:
+            data = os.pread(fd, min(256 * 1024, count - sent), offset + sent)
+            if not data:
+                raise OSError(f"file ended {count - sent} bytes early")
+            self.write(data)
+            sent += len(data)
+            while self.write_paused and not self.closing:
+                await asyncio.sleep(0.005)
+        return sent
+
     def _reject(self, exc: H1Error) -> None:
         """Answer a malformed request with its status and close (the stream cannot be trusted)."""
         log.info("%s: client %s: %s %s", self.service.name, self.peer, exc.status, exc)
@@ -180,13 +234,22 @@ class DownstreamH1(asyncio.Protocol):
         self.close()
 
     # tunnel ----------------------------------------------------------------------------------
-    def start_tunnel(self, exchange: Exchange) -> None:
+    def start_tunnel(self) -> bytes:
+        """The connection stops speaking HTTP: returns the bytes the client sent after the
+        request head (the caller forwards them first)."""
         self.tunnel = True
         self._cancel_timer()
-        held = self.parser.switch_protocols() if self.parser.paused else b""
-        if held:
-            exchange.on_downstream_tunnel_data(held)
+        return self.parser.switch_protocols() if self.parser.paused else b""
+
+    def resume_tunnel(self) -> None:
+        """Callback tunnel: client bytes now go to ``exchange.on_downstream_tunnel_data``."""
         self._resume("pipeline")
+
+    async def detach_socket(self, deadline: float) -> socket.socket | None:
+        """Splice tunnel: hand the socket over; this protocol stays registered (for drain)
+        until the exchange ends, and ignores its transport's end."""
+        self.detached = True
+        return await detach(self.transport, deadline)  # type: ignore[arg-type]
 
     # io helpers ------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -203,13 +266,19 @@ class DownstreamH1(asyncio.Protocol):
 
     def close(self) -> None:
         self.closing = True
+        self._close_pump()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
+        self._close_pump()
         if self.transport is not None:
             self.transport.abort()
+
+    def _close_pump(self) -> None:
+        if self.detached and self.exchange is not None and self.exchange.pump is not None:
+            self.exchange.pump.close()
 
     def pause_reading_for(self, owner: object) -> None:
         self._pause(owner)
@@ -240,6 +309,18 @@ class DownstreamH1(asyncio.Protocol):
         if timeout:
             self._timer = self.loop.call_later(timeout, self._on_timeout)
 
+    def _check_body_progress(self, exchange: Exchange) -> None:
+        """Body read timeout: time spent paused by backpressure does not count."""
+        timeout = self.service.body_timeout
+        now = self.loop.time()
+        if self._read_pauses:
+            self.body_activity = now
+        deadline = self.body_activity + timeout  # type: ignore[operator]
+        if now >= deadline:
+            exchange.on_request_body_timeout(timeout)  # type: ignore[arg-type]
+        else:
+            self._timer = self.loop.call_at(deadline, self._on_timeout)
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -247,7 +328,10 @@ class DownstreamH1(asyncio.Protocol):
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if self.exchange is not None:
+        exchange = self.exchange
+        if exchange is not None:
+            if not exchange.request_done:
+                self._check_body_progress(exchange)
             return
         if self._head_started:  # a head that did not complete in time (slowloris)
             self._reject(H1Error(408, "request head not received in time"))

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorKind, ErrorSource, ProxyError
+from ..net.detach import can_detach, detach, pause
+from ..net.pump import PumpStats, SplicePump
 from ..protocol import proxy_protocol
 from ..protocol.h1.events import BodyKind, H1Error, ResponseHead
 from ..protocol.h1.headers import strip_hop_by_hop
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BODY_BUFFER_LIMIT = 64 * 1024  # bytes held while the other side is not ready, then pause reading
+TUNNEL_FLUSH_TIMEOUT = 10.0  # seconds for pending bytes to leave before a tunnel moves to splice
 _CHUNKED = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE = (b"connection", b"close")
 
@@ -42,10 +47,14 @@ class Exchange:
         self.upstream: UpstreamH1 | None = None
         self.reused = False
         self.tunnel = False
+        self.failed = False  # a per-chunk hook raised: drop further body bytes
+        self.pump: SplicePump | None = None  # the tunnel's splice pump, once both sockets moved to it
         self._tunnel_eofs: set[str] = set()
         # request body (downstream → upstream)
-        self.request_chunked = session.request.body.kind is BodyKind.CHUNKED
-        self.request_done = session.request.body.kind is BodyKind.NONE
+        kind = session.request.body.kind
+        self.request_done = kind is BodyKind.NONE
+        self.filter_request_body = self.service.has["request_body_filter"] and not self.request_done
+        self.request_chunked = kind is BodyKind.CHUNKED or self.filter_request_body
         self.req_buffer: list[bytes] = []
         self.req_buffered = 0
         self.req_streaming = False
@@ -67,14 +76,24 @@ class Exchange:
         app, s, svc = self.app, self.session, self.service
         error: ProxyError | None = None
         try:
+            connect = s.request.method == b"CONNECT"
+            if connect and not svc.allow_connect:
+                self.downstream.keep_alive = False
+                s.respond_error(405, "CONNECT is not enabled on this listener")
+                return
             if svc.has["early_request_filter"]:
                 await app.early_request_filter(s)
             if svc.has["request_filter"] and await app.request_filter(s):
+                if self.downstream.pending_file is not None:
+                    await self.downstream.flush_file(s)
                 return
             if svc.has["proxy_upstream_filter"] and not await app.proxy_upstream_filter(s):
                 raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.INTERNAL, context="proxy_upstream_filter refused the request")
-            head = await self._send_with_retries()
-            await self._deliver_head(head)
+            if connect:
+                await self._connect_tunnel()
+            else:
+                head = await self._send_with_retries()
+                await self._deliver_head(head)
             await self.done
         except ProxyError as exc:
             error = exc
@@ -82,6 +101,8 @@ class Exchange:
         except asyncio.CancelledError:
             error = ProxyError(ErrorKind.INTERNAL, context="cancelled by shutdown")
             self._abort_upstream()
+            if self.pump is not None:
+                self.pump.close()
         except Exception as exc:  # a bug in a hook: answer 500, keep serving others
             error = ProxyError(ErrorKind.INTERNAL, context=f"{type(exc).__name__}: {exc}")
             log.exception("%s: %s: unexpected error", svc.name, app.request_summary(s))
@@ -128,12 +149,7 @@ class Exchange:
         conn = svc.pool.get(key)
         self.reused = conn is not None
         if conn is None:
-            try:
-                sock = await svc.connector.connect(peer)
-            except ProxyError as exc:
-                if svc.has["fail_to_connect"]:
-                    exc = self.app.fail_to_connect(s, peer, exc)
-                raise
+            sock = await self._connect(peer)
             try:
                 if peer.proxy_protocol:
                     header = _proxy_header(peer.proxy_protocol, s)
@@ -145,11 +161,50 @@ class Exchange:
         else:
             conn.pool = None
         self.upstream = conn  # type: ignore[assignment]
+        await self._connected(peer)
+
+    async def _connect(self, peer: Any) -> socket.socket:
+        """A new connection to ``peer``; a failure goes through ``fail_to_connect``."""
+        try:
+            return await self.service.connector.connect(peer)
+        except ProxyError as exc:
+            if self.service.has["fail_to_connect"]:
+                exc = self.app.fail_to_connect(self.session, peer, exc)
+            raise
+
+    async def _connected(self, peer: Any) -> None:
+        s = self.session
         s.digest.upstream_connect = self.loop.time()
         s.digest.reused = self.reused
         s.digest.upstream_addr = peer.name
-        if svc.has["connected_to_upstream"]:
+        if self.service.has["connected_to_upstream"]:
             await self.app.connected_to_upstream(s, peer, self.reused)
+
+    # CONNECT (forward proxy) -------------------------------------------------------------------
+    async def _connect_tunnel(self) -> None:
+        """``CONNECT host:port``: connect where ``upstream_peer`` says (failing over like any
+        request), answer 200, then tunnel."""
+        app, s = self.app, self.session
+        while True:
+            peer = await app.upstream_peer(s)
+            s.peer = peer
+            try:
+                sock = await self._connect(peer)
+                break
+            except ProxyError as exc:
+                s.tries += 1
+                s.last_error = exc
+                if not exc.retry or s.tries >= max(1, app.max_tries):
+                    raise
+        try:
+            await self._connected(peer)
+        except BaseException:
+            sock.close()
+            raise
+        s.response_status = 200
+        s.response_sent = True
+        self.downstream.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await self._open_tunnel(sock)
 
     async def _send_request(self) -> ResponseHead:
         s, svc, upstream = self.session, self.service, self.upstream
@@ -173,15 +228,24 @@ class Exchange:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", request.upgrade))
         if self.request_chunked:
+            if self.filter_request_body:
+                _drop(headers, b"content-length")
             headers.append(_CHUNKED)
-        if self.service.forwarded_headers:
-            _add_forwarded(headers, s)
+        if self.service.forwarded:
+            add_forwarded(headers, s, self.service.forwarded)
         return headers
 
     # request body ----------------------------------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
         """Downstream protocol callback: a request body chunk."""
         self.session.body_bytes_received += len(data)
+        self.downstream.body_activity = self.loop.time()
+        if self.failed:
+            return
+        if self.filter_request_body:
+            data = self._filter_request_body(data, False)
+            if not data:
+                return
         if self.req_streaming:
             self._write_request_chunk(data)
             return
@@ -191,9 +255,39 @@ class Exchange:
             self.downstream.pause_reading_for(self)
 
     def on_request_end(self) -> None:
+        if self.filter_request_body and not self.failed:
+            tail = self._filter_request_body(b"", True)
+            if tail and self.req_streaming:
+                self._write_request_chunk(tail)
+            elif tail:
+                self.req_buffer.append(tail)
         self.request_done = True
         if self.req_streaming and self.request_chunked:
             self.upstream.write(last_chunk())  # type: ignore[union-attr]
+
+    def _filter_request_body(self, data: bytes, end: bool) -> bytes:
+        try:
+            return self.app.request_body_filter(self.session, data, end)
+        except Exception as exc:
+            self._hook_failed("request_body_filter", exc)
+            return b""
+
+    def on_request_body_timeout(self, timeout: float) -> None:
+        """The client sent no request body bytes for ``timeout`` seconds (nginx: 408)."""
+        error = ProxyError(ErrorKind.READ_TIMEOUT, ErrorSource.DOWNSTREAM, context=f"client sent no request body for {timeout:g}s")
+        self.downstream.keep_alive = False
+        self._abort_upstream()
+        self._upstream_failed(error)
+
+    def _hook_failed(self, hook: str, exc: Exception) -> None:
+        """A per-chunk hook raised: end the exchange with a 500 (or an abort if too late)."""
+        if self.failed:
+            return
+        self.failed = True
+        log.error("%s: %s: %s failed: %s: %s", self.service.name, self.app.request_summary(self.session), hook, type(exc).__name__, exc)
+        self.downstream.keep_alive = False
+        self._abort_upstream()
+        self._upstream_failed(ProxyError(ErrorKind.INTERNAL, ErrorSource.INTERNAL, context=f"{hook} raised {type(exc).__name__}"))
 
     def _flush_request_body(self) -> None:
         for data in self.req_buffer:
@@ -207,7 +301,7 @@ class Exchange:
 
     def _write_request_chunk(self, data: bytes) -> None:
         upstream = self.upstream
-        if upstream is None:
+        if upstream is None or not data:
             return
         if self.request_chunked:
             upstream.writelines(chunk(data))
@@ -248,7 +342,7 @@ class Exchange:
             headers.append((b"upgrade", head.get(b"upgrade") or s.request.upgrade))
             self.downstream.write(response_head(101, head.reason, headers))
             s.response_sent = True
-            self._start_tunnel()
+            await self._open_tunnel(None)
             return
         self.resp_mode = self._response_mode(head, headers)
         if self.resp_mode == "chunked":
@@ -310,10 +404,14 @@ class Exchange:
 
     def _filter_body(self, data: bytes, end: bool) -> bytes:
         app, s, has = self.app, self.session, self.service.has
-        if has["upstream_response_body_filter"]:
-            data = app.upstream_response_body_filter(s, data, end)
-        if has["response_body_filter"]:
-            data = app.response_body_filter(s, data, end)
+        try:
+            if has["upstream_response_body_filter"]:
+                data = app.upstream_response_body_filter(s, data, end)
+            if has["response_body_filter"]:
+                data = app.response_body_filter(s, data, end)
+        except Exception as exc:
+            self._hook_failed("response_body_filter", exc)
+            return b""
         return data
 
     def on_upstream_end(self) -> None:
@@ -329,6 +427,12 @@ class Exchange:
             self.head_future.set_exception(ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context="response ended without a head"))
 
     def _end_response(self) -> None:
+        if self.resp_trailers and self.service.has["response_trailer_filter"]:
+            try:
+                self.app.response_trailer_filter(self.session, self.resp_trailers)
+            except Exception as exc:
+                self._hook_failed("response_trailer_filter", exc)
+                return
         if self.body_filters:
             tail = self._filter_body(b"", True)
             if tail:
@@ -390,15 +494,66 @@ class Exchange:
             self._read_timer.cancel()
             self._read_timer = None
 
-    # tunnel (after 101 Switching Protocols) ----------------------------------------------------
-    def _start_tunnel(self) -> None:
+    # tunnel (after 101 Switching Protocols or CONNECT) -----------------------------------------
+    async def _open_tunnel(self, upstream_sock: socket.socket | None) -> None:
+        """Both connections now carry raw bytes. When both are plain sockets they move to the
+        L4 splice pump (the kernel copies, Python only sees events); otherwise (TLS) bytes go
+        through transport callbacks. ``upstream_sock``: a fresh CONNECT connection, else the
+        upstream is the HTTP connection that answered 101."""
         self.tunnel = True
-        self.downstream.start_tunnel(self)
-        for data in self.resp_buffer:
-            self.downstream.write(data)
+        down = self.downstream
+        held = down.start_tunnel()  # client bytes that followed the request head
+        early = b"".join(self.resp_buffer)  # upstream bytes that followed the 101 head
         self.resp_buffer.clear()
+        if early:
+            down.write(early)
+        up_transport = self.upstream.transport if self.upstream is not None else None
+        if can_detach(down.transport) and (upstream_sock is not None or can_detach(up_transport)):
+            await self._splice_tunnel(upstream_sock, held)
+            return
+        if upstream_sock is not None:
+            try:
+                _, self.upstream = await self.loop.create_connection(lambda: UpstreamH1(None, self.session.peer.name), sock=upstream_sock)
+            except OSError as exc:
+                upstream_sock.close()
+                raise ProxyError(ErrorKind.CONNECT_ERROR, ErrorSource.UPSTREAM, context=str(exc)) from exc
+            self.upstream.listener = self  # type: ignore[union-attr]
+        if held:
+            self.upstream.write(held)  # type: ignore[union-attr]
+        down.resume_tunnel()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+
+    async def _splice_tunnel(self, upstream_sock: socket.socket | None, held: bytes) -> None:
+        down, svc = self.downstream, self.service
+        deadline = self.loop.time() + TUNNEL_FLUSH_TIMEOUT
+        pause(down.transport)  # type: ignore[arg-type]
+        if upstream_sock is None:
+            upstream, self.upstream = self.upstream, None
+            upstream.listener = None  # type: ignore[union-attr]
+            pause(upstream.transport)  # type: ignore[union-attr, arg-type]
+            if held:
+                upstream.write(held)  # type: ignore[union-attr]
+                held = b""
+            upstream_sock = await detach(upstream.transport, deadline)  # type: ignore[union-attr, arg-type]
+        client_sock = await down.detach_socket(deadline)
+        if client_sock is None or upstream_sock is None:
+            for sock in (client_sock, upstream_sock):
+                if sock is not None:
+                    sock.close()
+            down.abort()
+            raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.INTERNAL, context="a connection closed while the tunnel opened")
+        if held:
+            await self.loop.sock_sendall(upstream_sock, held)
+        self.pump = SplicePump(self.loop, client_sock, upstream_sock, svc.pipes, idle_timeout=svc.tunnel_idle_timeout)
+        self.pump.start().add_done_callback(self._on_pump_done)
+
+    def _on_pump_done(self, future: asyncio.Future[PumpStats]) -> None:
+        stats = future.result()
+        self.session.bytes_sent += stats.bytes_down
+        self.session.body_bytes_received += stats.bytes_up
+        if not self.done.done():
+            self.done.set_result(None)
 
     def on_upstream_tunnel_data(self, data: bytes) -> None:
         self.downstream.write(data)
@@ -499,16 +654,35 @@ def _drop(headers: list[tuple[bytes, bytes]], name: bytes) -> None:
     headers[:] = [pair for pair in headers if pair[0] != name]
 
 
-def _add_forwarded(headers: list[tuple[bytes, bytes]], s: Session) -> None:
+def add_forwarded(headers: list[tuple[bytes, bytes]], s: Session, style: str) -> None:
+    """Tell the upstream who the client is: ``x-forwarded`` (X-Forwarded-For/-Proto/-Host),
+    ``forwarded`` (RFC 7239) or ``both``. Earlier hops' values are kept, ours appended."""
     ip = s.client_ip.encode()
-    prior = [v for k, v in headers if k == b"x-forwarded-for"]
-    _drop(headers, b"x-forwarded-for")
-    headers.append((b"x-forwarded-for", b", ".join(prior + [ip]) if prior else ip))
-    if not any(k == b"x-forwarded-proto" for k, _ in headers):
-        headers.append((b"x-forwarded-proto", b"https" if s.tls else b"http"))
+    proto = b"https" if s.tls else b"http"
     host = s.header(b"host")
-    if host is not None and not any(k == b"x-forwarded-host" for k, _ in headers):
-        headers.append((b"x-forwarded-host", host))
+    if style != "forwarded":
+        prior = [v for k, v in headers if k == b"x-forwarded-for"]
+        if prior:
+            _drop(headers, b"x-forwarded-for")
+        headers.append((b"x-forwarded-for", b", ".join(prior + [ip]) if prior else ip))
+        if not any(k == b"x-forwarded-proto" for k, _ in headers):
+            headers.append((b"x-forwarded-proto", proto))
+        if host is not None and not any(k == b"x-forwarded-host" for k, _ in headers):
+            headers.append((b"x-forwarded-host", host))
+    if style != "x-forwarded":
+        node = (b'"[%s]"' % ip) if b":" in ip else (ip or b"unknown")
+        element = b"for=%s;proto=%s" % (node, proto)
+        if host is not None and _FORWARDED_TOKEN.fullmatch(host):
+            element += b";host=" + host
+        elif host is not None:
+            element += b';host="' + host.replace(b"\\", b"").replace(b'"', b"") + b'"'
+        prior = [v for k, v in headers if k == b"forwarded"]
+        if prior:
+            _drop(headers, b"forwarded")
+        headers.append((b"forwarded", b", ".join(prior + [element])))
+
+
+_FORWARDED_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(:[0-9]+)?")
 
 
 def _proxy_header(version: int, s: Session) -> bytes:

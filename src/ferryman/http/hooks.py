@@ -46,9 +46,14 @@ class ProxyHttp:
         been sent (``session.respond(...)``): the request is then not proxied. Default: False."""
         return False
 
-    async def request_body_filter(self, session: Session, chunk: bytes, end: bool) -> bytes:
-        """Called for each request body chunk (``end`` on the last); returns the bytes to send
-        upstream. Default: the chunk unchanged (and, unoverridden, the body streams raw)."""
+    def request_body_filter(self, session: Session, chunk: bytes, end: bool) -> bytes:
+        """Called for each request body chunk as it arrives (``end`` on the last call, maybe
+        with an empty chunk); returns the bytes to send upstream. When overridden, a request
+        with a body goes upstream chunked (its length may change). Default: unchanged (and,
+        unoverridden, the body streams raw).
+
+        The per-chunk hooks are plain functions: they run inside transport callbacks, with no
+        coroutine per chunk."""
         return chunk
 
     async def proxy_upstream_filter(self, session: Session) -> bool:
@@ -89,8 +94,9 @@ class ProxyHttp:
         """Called for each response body chunk going downstream. Default: unchanged."""
         return chunk
 
-    async def response_trailer_filter(self, session: Session, trailers: list[tuple[bytes, bytes]]) -> None:
-        """Called with the response trailers of a chunked response. Default: nothing."""
+    def response_trailer_filter(self, session: Session, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Called with the trailers of a chunked response (edit in place) before they go
+        downstream; not called for responses without trailers. Default: nothing."""
 
     def error_while_proxy(self, session: Session, peer: Peer, error: ProxyError, reused: bool) -> ProxyError:
         """Called when an error happens on an established upstream connection. Default: retry
@@ -124,13 +130,20 @@ _STATUS_BY_KIND = {
     ErrorKind.NO_BACKEND: 503,
     ErrorKind.PROTOCOL_ERROR: 502,
     ErrorKind.ACCESS_DENIED: 403,
+    ErrorKind.INTERNAL: 500,
+}
+
+
+_DOWNSTREAM_STATUS = {
+    ErrorKind.PROTOCOL_ERROR: 400,
+    ErrorKind.READ_TIMEOUT: 408,  # the client stopped sending its request body (nginx too)
 }
 
 
 def error_status(error: ProxyError) -> int:
     """The status nginx/Pingora would send for an error."""
     if error.source.value == "downstream":
-        return 400 if error.kind is ErrorKind.PROTOCOL_ERROR else 0
+        return _DOWNSTREAM_STATUS.get(error.kind, 0)
     return _STATUS_BY_KIND.get(error.kind, 502)
 
 

@@ -7,6 +7,7 @@ import logging
 import socket
 
 from ..net.connect import Connector
+from ..net.pump import PipePool
 from ..upstream.pool import ConnectionPool
 from .hooks import ProxyHttp, overrides
 
@@ -24,9 +25,14 @@ class HttpProxyService:
     """One listener of an HTTP proxy. Connections are accepted by the event loop itself.
 
     Timeouts (seconds, None = off): ``header_timeout`` for a whole request head
-    (slowloris-proof), ``keepalive_timeout`` for an idle client connection,
-    ``upstream_read_timeout`` between upstream reads. The upstream ``pool`` is per service
-    and per process.
+    (slowloris-proof), ``body_timeout`` between two reads of a request body (408),
+    ``keepalive_timeout`` for an idle client connection, ``upstream_read_timeout`` between
+    upstream reads, ``tunnel_idle_timeout`` for an idle WebSocket/CONNECT tunnel. The upstream ``pool`` is per service and per process.
+
+    ``forwarded_headers``: True or ``"x-forwarded"`` (X-Forwarded-For/-Proto/-Host),
+    ``"forwarded"`` (RFC 7239), ``"both"``, or False. ``allow_connect`` makes the listener a
+    forward proxy for ``CONNECT host:port`` (off by default: 405); the app's
+    ``upstream_peer`` still decides where (and whether) to connect.
     """
 
     def __init__(
@@ -38,13 +44,16 @@ class HttpProxyService:
         connector: Connector | None = None,
         pool: ConnectionPool | None = None,
         header_timeout: float | None = 60.0,
+        body_timeout: float | None = 60.0,
         keepalive_timeout: float | None = 75.0,
         upstream_read_timeout: float | None = 60.0,
         max_request_line: int = 8192,
         max_header_bytes: int = 32768,
         max_headers: int = 100,
         max_body: int | None = None,
-        forwarded_headers: bool = True,
+        forwarded_headers: bool | str = True,
+        allow_connect: bool = False,
+        tunnel_idle_timeout: float | None = 600.0,
         pool_size: int = 128,
         pool_idle_timeout: float = 60.0,
         backlog: int = 2048,
@@ -63,7 +72,13 @@ class HttpProxyService:
             "max_request_line": max_request_line, "max_header_bytes": max_header_bytes,
             "max_headers": max_headers, "max_body": max_body,
         }
-        self.forwarded_headers = forwarded_headers
+        if forwarded_headers not in (True, False, "x-forwarded", "forwarded", "both"):
+            raise ValueError(f"forwarded_headers must be a bool, 'x-forwarded', 'forwarded' or 'both', not {forwarded_headers!r}")
+        self.forwarded = "x-forwarded" if forwarded_headers is True else (forwarded_headers or "")
+        self.allow_connect = allow_connect
+        self.tunnel_idle_timeout = tunnel_idle_timeout
+        self.body_timeout = body_timeout
+        self._pipes: PipePool | None = None
         self.has = {hook: overrides(app, hook) for hook in HOOKS}
         self.has_response_body_filters = self.has["upstream_response_body_filter"] or self.has["response_body_filter"]
         self.connections: set = set()
@@ -76,6 +91,13 @@ class HttpProxyService:
         if self._pool is None:
             self._pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
         return self._pool
+
+    @property
+    def pipes(self) -> PipePool:
+        """Pipes for splice(2) in upgraded and CONNECT tunnels."""
+        if self._pipes is None:
+            self._pipes = PipePool()
+        return self._pipes
 
     async def start(self) -> None:
         from .downstream_h1 import DownstreamH1
@@ -98,3 +120,5 @@ class HttpProxyService:
             conn.abort()
         if self._pool is not None:
             self._pool.close()
+        if self._pipes is not None:
+            self._pipes.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ..errors import ProxyError
@@ -17,8 +16,8 @@ class Digest:
 
     __slots__ = ("start", "upstream_connect", "upstream_header", "end", "reused", "upstream_addr")
 
-    def __init__(self) -> None:
-        self.start = time.monotonic()
+    def __init__(self, start: float) -> None:
+        self.start = start  # loop time: the same clock as the other stamps
         self.upstream_connect: float | None = None  # connect (or pool hit) done
         self.upstream_header: float | None = None  # response head received
         self.end: float | None = None
@@ -46,7 +45,7 @@ class Session:
         self.local_addr = local_addr
         self.tls = tls
         self.ctx: Any = None
-        self.digest = Digest()
+        self.digest = Digest(downstream.loop.time())
         self.peer: Any = None
         self.tries = 0
         self.last_error: ProxyError | None = None
@@ -102,6 +101,16 @@ class Session:
         self.response_status = status
         self.response_headers = out
         self._downstream.send_response(self, response_head(status, b"", out), b"" if self.request.method == b"HEAD" else body)
+
+    def respond_file(self, status: int, headers: list[tuple[bytes, bytes]] | None, fd: int, offset: int, count: int) -> None:
+        """Send a response whose body is ``count`` bytes of the open file ``fd`` from
+        ``offset``, by sendfile(2) where the connection allows it. Takes ownership of ``fd``
+        (closed once sent). For ``request_filter``: return True after calling it."""
+        out = list(headers or [])
+        out.append((b"content-length", b"%d" % count))
+        self.response_status = status
+        self.response_headers = out
+        self._downstream.send_file(self, response_head(status, b"", out), fd, offset, 0 if self.request.method == b"HEAD" else count)
 
     def respond_error(self, status: int, reason: str = "") -> None:
         """Send a short error page: ``502 Bad Gateway`` plus an optional reason line."""

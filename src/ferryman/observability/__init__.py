@@ -1,0 +1,1 @@
+"""Observability: access logs (and, later, metrics, logging set-up and tracing)."""
