@@ -47,7 +47,7 @@ def load_dict(data: dict[str, Any], source: str = "") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc))
+        errors.extend(pydantic_errors(exc))
     errors.extend(check_references(data))
     if errors:
         raise ConfigError(_dedupe(errors), source)
@@ -66,7 +66,7 @@ def toml_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _pydantic_errors(exc: ValidationError) -> list[tuple[str, str]]:
+def pydantic_errors(exc: ValidationError) -> list[tuple[str, str]]:
     result = []
     for err in exc.errors(include_url=False):
         loc = tuple(part for part in err["loc"] if not _is_union_tag(part))

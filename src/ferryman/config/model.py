@@ -8,7 +8,7 @@ document (references, duplicate addresses) live in :mod:`ferryman.config.validat
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -75,7 +75,15 @@ def _check_member(text: str) -> str:
     return text
 
 
+def _check_hash_key(text: str) -> str:
+    kind, sep, name = text.partition(":")
+    if text in ("client_ip", "uri") or (sep and kind in ("header", "cookie") and name.strip() and name == name.strip()):
+        return text
+    raise ValueError(f"{text!r}: expected client_ip, uri, header:NAME or cookie:NAME")
+
+
 BackendSpec = Annotated[str, AfterValidator(_check_backend)]
+HashKey = Annotated[str, AfterValidator(_check_hash_key)]
 MemberSpec = Annotated[str, AfterValidator(_check_member)]
 
 
@@ -83,7 +91,7 @@ class UpstreamConfig(Strict):
     backends: list[BackendSpec] = []
     members: list[MemberSpec] = []  # nested upstreams: "name weight=N"
     lb: Literal["round_robin", "weighted", "least_conn", "random", "p2c", "consistent_hash"] = "round_robin"
-    hash_key: Literal["client_ip"] = "client_ip"
+    hash_key: HashKey = "client_ip"  # consistent_hash: client_ip | uri | header:NAME | cookie:NAME
     proxy_protocol: Literal["v1", "v2"] | None = None
     connect_timeout: Duration = 3.0
     total_connect_timeout: Duration | None = None
@@ -108,10 +116,85 @@ class UpstreamConfig(Strict):
         return [parse_backend(text) for text in self.backends]
 
 
+def _check_host(text: str) -> str:
+    from ..routing import parse_host_pattern
+
+    parse_host_pattern(text)
+    return text
+
+
+def _check_path(text: str) -> str:
+    from ..routing import parse_path_pattern
+
+    parse_path_pattern(text)
+    return text
+
+
+def _check_value(text: str) -> str:
+    from ..routing import parse_value_pattern
+
+    parse_value_pattern(text)
+    return text
+
+
+def _check_rewrite(text: str) -> str:
+    from ..routing import PathRewrite
+
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError('expected "PATTERN REPLACEMENT", e.g. "^/api/(.*)$ /$1"')
+    PathRewrite(*parts)
+    return text
+
+
+HostPattern = Annotated[str, AfterValidator(_check_host)]
+PathPattern = Annotated[str, AfterValidator(_check_path)]
+ValuePattern = Annotated[str, AfterValidator(_check_value)]
+Rewrite = Annotated[str, AfterValidator(_check_rewrite)]
+
+
+class HeaderEdits(Strict):
+    """Header changes: ``set`` replaces, ``add`` appends, ``remove`` drops (names any case)."""
+
+    set: dict[str, str] = {}
+    add: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class RouteConfig(Strict):
+    """One route of an http listener: match conditions, then where and how to proxy."""
+
+    host: HostPattern | None = None  # "example.com", "*.example.com", "~regex"; none: any host
+    path: PathPattern | None = None  # "/prefix", "=/exact", "~^/regex"; none: "/"
+    methods: list[str] = []
+    headers: dict[str, ValuePattern] = {}  # condition: header value (exact or "~regex")
+    query: dict[str, ValuePattern] = {}  # condition: query parameter value
+    priority: int | None = None  # higher first; overrides the host/path order
+    upstream: str | None = None
+    filters: list[str] = []
+    rewrite: Rewrite | None = None  # "PATTERN REPLACEMENT" on the path, nginx-style ($1...)
+    redirect: str | None = None  # answer with a redirect to this URL (no upstream needed)
+    redirect_status: Literal[301, 302, 303, 307, 308] = 302
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    read_timeout: Duration | None = None  # default: the upstream's
+    max_body_size: Size | None = None  # 413 above it (default: the listener's)
+    access_log: bool = True
+
+    @model_validator(mode="after")
+    def _has_target(self) -> "RouteConfig":
+        if self.upstream is None and self.redirect is None and not self.filters:
+            raise ValueError("a route needs an upstream, a redirect, or filters that answer")
+        if self.upstream is not None and self.redirect is not None:
+            raise ValueError("give either upstream or redirect, not both")
+        return self
+
+
 class ListenerConfig(Strict):
     addr: SocketAddress
     protocol: Literal["tcp", "udp", "http"] = "tcp"
-    upstream: str
+    upstream: str | None = None  # tcp/udp, or an http listener with a single upstream
+    routes: list[str] = []  # http: route names (their order breaks priority ties)
     proxy_protocol: bool = False
     proxy_protocol_trusted: list[Network] = []  # empty: any source may send a header
     proxy_protocol_timeout: Duration = 5.0
@@ -127,8 +210,15 @@ class ListenerConfig(Strict):
     # http
     header_timeout: Duration = 60.0
     keepalive_timeout: Duration = 75.0
+    body_timeout: Duration = 60.0
     max_body_size: Size | None = None
-    forwarded_headers: bool = True
+    forwarded_headers: bool | Literal["x-forwarded", "forwarded", "both"] = True
+    forward_proxy: bool = False  # accept CONNECT host:port (to connect_ports only)
+    connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [443]
+    tunnel_idle_timeout: Duration = 600.0  # WebSocket / CONNECT tunnels
+    access_log: str = "off"  # "stdout", "stderr", a file path, or "off"
+    access_log_format: str | list[str] = "combined"  # combined|common|main|json, a $template, or JSON fields
+
 
 
 class Config(Strict):
@@ -136,6 +226,8 @@ class Config(Strict):
     demo: DemoConfig | None = None
     listeners: dict[str, ListenerConfig] = {}
     upstreams: dict[str, UpstreamConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+    filters: dict[str, dict[str, Any]] = {}  # kind + the kind's own typed keys (checked in load)
 
 
 __all__ = [
@@ -143,7 +235,9 @@ __all__ = [
     "Config",
     "DemoConfig",
     "HealthCheckConfig",
+    "HeaderEdits",
     "ListenerConfig",
+    "RouteConfig",
     "ServerConfig",
     "TcpKeepaliveConfig",
     "UpstreamConfig",

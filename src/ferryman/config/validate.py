@@ -16,9 +16,76 @@ def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     listeners = _table(data.get("listeners"))
     upstreams = _table(data.get("upstreams"))
+    routes = _table(data.get("routes"))
+    filters = _table(data.get("filters"))
     errors += _check_listener_upstreams(listeners, upstreams)
     errors += _check_members(upstreams)
     errors += _check_addresses(listeners, data.get("demo"))
+    errors += _check_routes(listeners, routes, upstreams, filters)
+    errors += check_filters(filters)
+    errors += _check_access_logs(listeners)
+    return errors
+
+
+def _check_routes(listeners: dict, routes: dict, upstreams: dict, filters: dict) -> list[tuple[str, str]]:
+    errors = []
+    for name, listener in listeners.items():
+        names = listener.get("routes")
+        if not isinstance(names, list):
+            continue
+        for index, route in enumerate(names):
+            if isinstance(route, str) and route not in routes:
+                errors.append((f"listeners.{name}.routes[{index}]", f"no route named {route!r} (known: {_known(routes)})"))
+        if len(set(map(str, names))) != len(names):
+            errors.append((f"listeners.{name}.routes", "lists a route twice"))
+    for name, route in routes.items():
+        target = route.get("upstream")
+        if isinstance(target, str) and target not in upstreams:
+            errors.append((f"routes.{name}.upstream", f"no upstream named {target!r} (known: {_known(upstreams)})"))
+        for index, filter_name in enumerate(route.get("filters") or []):
+            if isinstance(filter_name, str) and filter_name not in filters:
+                errors.append((f"routes.{name}.filters[{index}]", f"no filter named {filter_name!r} (known: {_known(filters)})"))
+    return errors
+
+
+def check_filters(filters: dict) -> list[tuple[str, str]]:
+    """Each filter table: a known ``kind`` and that kind's own typed keys."""
+    from pydantic import ValidationError
+
+    from ..filters.registry import lookup
+    from .load import pydantic_errors
+
+    errors = []
+    for name, body in filters.items():
+        kind = body.get("kind")
+        if not isinstance(kind, str):
+            errors.append((f"filters.{name}.kind", "required: the filter kind (e.g. \"headers\", \"ratelimit\")"))
+            continue
+        try:
+            cls = lookup(kind)
+        except ValueError as exc:
+            errors.append((f"filters.{name}.kind", str(exc)))
+            continue
+        options = {key: value for key, value in body.items() if key != "kind"}
+        try:
+            cls.Config.model_validate(options)
+        except ValidationError as exc:
+            errors.extend((f"filters.{name}.{path}" if path else f"filters.{name}", message) for path, message in pydantic_errors(exc))
+    return errors
+
+
+def _check_access_logs(listeners: dict) -> list[tuple[str, str]]:
+    from ..observability.accesslog import resolve_format
+
+    errors = []
+    for name, listener in listeners.items():
+        spec = listener.get("access_log_format")
+        if spec is None or not isinstance(spec, str | list):
+            continue
+        try:
+            resolve_format(spec)
+        except ValueError as exc:
+            errors.append((f"listeners.{name}.access_log_format", str(exc)))
     return errors
 
 
@@ -39,11 +106,15 @@ def _check_listener_upstreams(listeners: dict, upstreams: dict) -> list[tuple[st
         elif listener.get("proxy_protocol_trusted") and listener.get("proxy_protocol") is not True:
             errors.append((f"listeners.{name}.proxy_protocol_trusted", "has no effect unless proxy_protocol = true"))
         target = listener.get("upstream")
+        errors += _check_listener_target(name, listener)
         if not isinstance(target, str):
             continue
         if target not in upstreams:
             errors.append((f"listeners.{name}.upstream", f"no upstream named {target!r} (known: {_known(upstreams)})"))
             continue
+        hash_key = upstreams[target].get("hash_key", "client_ip")
+        if listener.get("protocol", "tcp") != "http" and hash_key != "client_ip":
+            errors.append((f"upstreams.{target}.hash_key", f"{hash_key!r} needs HTTP requests; listeners.{name} is {listener.get('protocol', 'tcp')}"))
         if udp:
             for leaf in sorted(_leaves(target, upstreams)):
                 if upstreams[leaf].get("proxy_protocol"):
@@ -53,6 +124,21 @@ def _check_listener_upstreams(listeners: dict, upstreams: dict) -> list[tuple[st
                 if upstreams[leaf].get("health_check"):
                     errors.append((f"upstreams.{leaf}.health_check", f"TCP health checks would mark UDP backends of listeners.{name} down; remove it"))
     return errors
+
+
+def _check_listener_target(name: str, listener: dict) -> list[tuple[str, str]]:
+    """tcp/udp listeners name one upstream; http listeners an upstream or routes."""
+    protocol = listener.get("protocol", "tcp")
+    has_upstream, has_routes = "upstream" in listener, bool(listener.get("routes"))
+    if protocol != "http":
+        if has_routes:
+            return [(f"listeners.{name}.routes", f"routes are for http listeners, not {protocol}")]
+        return [] if has_upstream else [(f"listeners.{name}.upstream", "required key is missing")]
+    if has_upstream and has_routes:
+        return [(f"listeners.{name}.routes", "give either upstream or routes, not both")]
+    if not has_upstream and not has_routes:
+        return [(f"listeners.{name}", "an http listener needs an upstream or routes")]
+    return []
 
 
 def _check_members(upstreams: dict) -> list[tuple[str, str]]:

@@ -7,14 +7,16 @@ import os
 import socket
 from pathlib import Path
 
-from ..config.model import Config
+from ..config.model import Config, ListenerConfig
 from ..demo.origin import DemoOrigin
 from ..net.connect import Connector
 from ..net.listener import bind_socket
 from ..net.pump import PipePool
-from ..runtime.upstreams import build_upstreams
+from ..observability.accesslog import AccessLog
+from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
 from ..server.workers import run_workers
+from .http import build_filters, build_http_service, build_router
 from .l4 import build_listener_service
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,17 @@ class Gateway:
         config = self.config
         server = Server(grace_period=config.server.grace_period)
         upstreams = build_upstreams(config)
+        filters = build_filters(config)
         pipes, connector = PipePool(), Connector()
         for name, cfg in config.listeners.items():
             sock = self.sockets[name]
+            if cfg.protocol == "http":
+                access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
+                if access_log is not None:
+                    server.add_background(AccessLogService(access_log))
+                router = build_router(config, cfg, upstreams, filters)
+                server.add_service(build_http_service(name, cfg, router, sock, connector, _used_upstreams(config, cfg, upstreams), access_log))
+                continue
             if cfg.protocol == "udp" and config.server.workers > 1 and worker > 0:
                 # each worker has its own SO_REUSEPORT UDP socket: the kernel keeps a client on one worker
                 self.sockets[name].close()  # worker 0's, inherited: unread here, it would only hold datagrams
@@ -73,6 +83,24 @@ class Gateway:
         return server
 
 
+def _used_upstreams(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream]) -> dict[str, Upstream]:
+    names = [cfg.upstream] if cfg.upstream else [config.routes[r].upstream for r in cfg.routes]
+    return {n: upstreams[n] for n in names if n}
+
+
+class AccessLogService:
+    """Background service: flushes and closes an access log when the server stops."""
+
+    def __init__(self, log: AccessLog) -> None:
+        self.log = log
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.log.close(timeout=5.0)
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
     gateway = Gateway(config)
@@ -82,7 +110,8 @@ def serve(config: Config) -> int:
         pid_file.write_text(f"{os.getpid()}\n")
     try:
         for name, cfg in config.listeners.items():
-            log.info("listener %s: %s %s → upstream %s", name, cfg.protocol, cfg.addr, cfg.upstream)
+            target = f"upstream {cfg.upstream}" if cfg.upstream else f"routes {', '.join(cfg.routes)}"
+            log.info("listener %s: %s %s → %s", name, cfg.protocol, cfg.addr, target)
         if config.server.workers == 1:
             install_uvloop()
             gateway.make_server().run()

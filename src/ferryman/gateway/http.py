@@ -1,44 +1,267 @@
-"""The config-driven HTTP app for ``protocol = "http"`` listeners (one upstream each)."""
+"""The config-driven HTTP app for ``protocol = "http"`` listeners: routes → filters → upstreams.
+
+Everything a config generation decides lives in one immutable :class:`Router` per listener.
+A request pins the router's matched :class:`Route` in ``session.ctx`` when its head arrives,
+so a reload (which swaps ``GatewayHttp.router`` in one assignment) never changes a request
+in flight.
+"""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from typing import Any
 
-from ..config.model import ListenerConfig
+from ..config.model import Config, HeaderEdits, ListenerConfig, RouteConfig
+from ..errors import ErrorKind, ErrorSource, ProxyError
+from ..filters.base import Filter, implemented
+from ..filters.registry import lookup
 from ..http.hooks import ProxyHttp
 from ..http.service import HttpProxyService
 from ..http.session import Session
+from ..net.addr import parse_address
 from ..net.connect import Connector, Peer
-from ..runtime.upstreams import Upstream
+from ..observability.accesslog import AccessLog
+from ..routing import PathRewrite, RouteSpec, RouteTable, normalize_host, split_target
+from ..runtime.upstreams import Candidates, Upstream
+
+
+class Route:
+    """One compiled route: its upstream and, per phase, only the filters implementing it."""
+
+    __slots__ = (
+        "name", "upstream", "hash_key", "rewrite", "read_timeout", "max_body", "access_log",
+        "request_filters", "upstream_request_filters", "response_filters", "body_filters",
+    )
+
+    def __init__(self, name: str, upstream: Upstream | None, filters: list[Filter], *, rewrite: PathRewrite | None = None,
+                 read_timeout: float | None = None, max_body: int | None = None, access_log: bool = True) -> None:
+        self.name = name
+        self.upstream = upstream
+        self.hash_key = key_function(upstream.config.hash_key) if upstream is not None and upstream.config.lb == "consistent_hash" else None
+        self.rewrite = rewrite
+        self.read_timeout = read_timeout if read_timeout is not None else (upstream.config.read_timeout if upstream else None)
+        self.max_body = max_body
+        self.access_log = access_log
+        self.request_filters = _phase(filters, "request_filter")
+        self.upstream_request_filters = _phase(filters, "upstream_request_filter")
+        self.response_filters = _phase(filters, "response_filter")
+        self.body_filters = _phase(filters, "response_body_filter")
+
+
+def _phase(filters: list[Filter], phase: str) -> tuple[Callable[..., Any], ...]:
+    return tuple(getattr(f, phase) for f in filters if implemented(f, phase))
+
+
+class Router:
+    """A listener's routes for one config generation (or its single upstream)."""
+
+    __slots__ = ("table", "single")
+
+    def __init__(self, table: RouteTable | None, single: Route | None = None) -> None:
+        self.table, self.single = table, single
+
+    def match(self, session: Session) -> Route | None:
+        if self.table is None:
+            return self.single
+        request = session.request
+        path, query = split_target(request.target)
+        spec = self.table.match(session.header(b"host"), path, request.method, request.headers, query)
+        return spec.target if spec is not None else None
+
+
+class Ctx:
+    """Per-request state of the gateway (``session.ctx``)."""
+
+    __slots__ = ("route", "candidates")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.candidates: Candidates | None = None
 
 
 class GatewayHttp(ProxyHttp):
-    """Choose backends from one upstream, failing over to the next on connect errors."""
+    """Match a route, run its filters, choose a backend of its upstream (failing over)."""
 
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self.max_tries = upstream.config.max_tries
-        self._hash = upstream.config.lb == "consistent_hash"
+    max_tries = 100  # each upstream's own max_tries bounds its candidates
+
+    def __init__(self, router: Router, *, access_log: AccessLog | None = None, connect_ports: frozenset[int] | None = None) -> None:
+        self.router = router
+        self.access_log = access_log
+        self.connect_ports = connect_ports  # forward proxy: CONNECT allowed to these ports
+
+    async def request_filter(self, session: Session) -> bool:
+        if session.request.method == b"CONNECT":
+            return self._connect_refused(session)
+        route = self.router.match(session)
+        if route is None:
+            host = normalize_host(session.header(b"host") or b"").decode("latin-1")
+            session.respond_error(404, f"no route matches host {host!r} path {session.request.target.decode('latin-1')!r}")
+            return True
+        session.route = route.name
+        session.ctx = Ctx(route)
+        if route.read_timeout is not None:
+            session.read_timeout = route.read_timeout
+        length = session.request.body.length
+        if route.max_body is not None and length is not None and length > route.max_body:
+            session.respond_error(413, f"the body is over this route's limit of {route.max_body} bytes")
+            return True
+        for run in route.request_filters:
+            if run(session):
+                return True
+        return False
+
+    def _connect_refused(self, session: Session) -> bool:
+        try:
+            port = parse_address(session.target_str).port
+        except ValueError:
+            port = None
+        if self.connect_ports is None or port not in self.connect_ports:
+            session.respond_error(403, f"CONNECT to port {port} is not allowed")
+            return True
+        return False
 
     async def upstream_peer(self, session: Session) -> Peer:
-        if session.ctx is None:
-            session.ctx = self.upstream.candidates(session.client_ip if self._hash else "")
-        return self.upstream.peer_for(self.upstream.next_backend(session.ctx, session.last_error))
+        ctx = session.ctx
+        if ctx is None:  # CONNECT through a forward-proxy listener
+            return Peer(parse_address(session.target_str), connect_timeout=5.0)
+        upstream = ctx.route.upstream
+        if upstream is None:
+            raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.INTERNAL, context=f"route {ctx.route.name!r} has no upstream and no filter answered")
+        if ctx.candidates is None:
+            key = ctx.route.hash_key(session) if ctx.route.hash_key is not None else ""
+            ctx.candidates = upstream.candidates(key)
+        return upstream.peer_for(upstream.next_backend(ctx.candidates, session.last_error))
+
+    async def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+        ctx = session.ctx
+        if ctx is None:
+            return
+        route = ctx.route
+        if route.rewrite is not None:
+            session.upstream_target = route.rewrite.apply(session.upstream_target)
+        for run in route.upstream_request_filters:
+            run(session, headers)
+
+    async def response_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+        session.filter_body = False  # a body filter turns it on for this response if it wants
+        ctx = session.ctx
+        if ctx is not None:
+            for run in ctx.route.response_filters:
+                run(session, headers)
+
+    def response_body_filter(self, session: Session, chunk: bytes, end: bool) -> bytes:
+        for run in session.ctx.route.body_filters:
+            chunk = run(session, chunk, end)
+        return chunk
+
+    async def logging(self, session: Session, error: ProxyError | None) -> None:
+        ctx = session.ctx
+        if self.access_log is not None and (ctx is None or ctx.route.access_log):
+            self.access_log.log(session, error)
 
 
-def build_http_service(name: str, cfg: ListenerConfig, upstream: Upstream, sock: socket.socket, connector: Connector) -> HttpProxyService:
-    ucfg = upstream.config
+def key_function(spec: str) -> Callable[[Session], str]:
+    """The consistent-hash key of a request: ``client_ip``, ``uri``, ``header:NAME``, ``cookie:NAME``."""
+    if spec == "client_ip":
+        return lambda s: s.client_ip
+    if spec == "uri":
+        return lambda s: s.request.target.decode("latin-1")
+    kind, _, name = spec.partition(":")
+    raw = name.lower().encode()
+    if kind == "header":
+        return lambda s: (s.header(raw) or b"").decode("latin-1")
+    if kind == "cookie":
+        prefix = raw + b"="
+
+        def cookie(s: Session) -> str:
+            for part in (s.header(b"cookie") or b"").split(b";"):
+                part = part.strip()
+                if part.lower().startswith(prefix):
+                    return part[len(prefix):].decode("latin-1")
+            return ""
+
+        return cookie
+    raise ValueError(f"unknown hash key {spec!r}")
+
+
+# building ------------------------------------------------------------------------------------
+def build_filters(config: Config) -> dict[str, Filter]:
+    """One instance per configured filter (shared by the routes naming it)."""
+    out = {}
+    for name, body in config.filters.items():
+        cls = lookup(body["kind"])
+        out[name] = cls(name, cls.Config.model_validate({k: v for k, v in body.items() if k != "kind"}))
+    return out
+
+
+def _route_filters(name: str, cfg: RouteConfig, named: dict[str, Filter]) -> list[Filter]:
+    """A route's own header edits and redirect become implicit filters ahead of its named ones."""
+    implicit: list[Filter] = []
+    if cfg.redirect is not None:
+        cls = lookup("redirect")
+        implicit.append(cls(f"{name}.redirect", cls.Config.model_validate({"to": cfg.redirect, "status": cfg.redirect_status})))
+    edits = _header_edit_options(cfg.request_headers, "request") | _header_edit_options(cfg.response_headers, "response")
+    if edits:
+        cls = lookup("headers")
+        implicit.append(cls(f"{name}.headers", cls.Config.model_validate(edits)))
+    return implicit + [named[f] for f in cfg.filters]
+
+
+def _header_edit_options(edits: HeaderEdits | None, side: str) -> dict[str, Any]:
+    if edits is None:
+        return {}
+    options: dict[str, Any] = {}
+    if edits.set:
+        options[f"{side}_set"] = dict(edits.set)
+    if edits.add:
+        options[f"{side}_add"] = dict(edits.add)
+    if edits.remove:
+        options[f"{side}_remove"] = list(edits.remove)
+    return options
+
+
+def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream], filters: dict[str, Filter]) -> Router:
+    if not cfg.routes:
+        return Router(None, Route("", upstreams[cfg.upstream], []))  # type: ignore[index]
+    specs = []
+    for name in cfg.routes:
+        rc = config.routes[name]
+        rewrite = PathRewrite(*rc.rewrite.split()) if rc.rewrite else None
+        route = Route(
+            name, upstreams[rc.upstream] if rc.upstream else None, _route_filters(name, rc, filters),
+            rewrite=rewrite, read_timeout=rc.read_timeout, max_body=rc.max_body_size, access_log=rc.access_log,
+        )
+        specs.append(RouteSpec(
+            name, host=rc.host, path=rc.path, methods=tuple(rc.methods), headers=tuple(rc.headers.items()),
+            query=tuple(rc.query.items()), priority=rc.priority, target=route,
+        ))
+    return Router(RouteTable(specs))
+
+
+def build_http_service(
+    name: str, cfg: ListenerConfig, router: Router, sock: socket.socket, connector: Connector, upstreams: dict[str, Upstream],
+    access_log: AccessLog | None = None,
+) -> HttpProxyService:
+    used = [u.config for u in upstreams.values()] or [None]
+    pool_size = max((c.pool_size for c in used if c is not None), default=128)
+    idle = max((c.pool_idle_timeout for c in used if c is not None), default=60.0)
+    read_timeout = max((c.read_timeout for c in used if c is not None), default=60.0)
+    app = GatewayHttp(router, access_log=access_log, connect_ports=frozenset(cfg.connect_ports) if cfg.forward_proxy else None)
     return HttpProxyService(
         name,
         sock,
-        GatewayHttp(upstream),
+        app,
         connector=connector,
         header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
         keepalive_timeout=cfg.keepalive_timeout,
-        upstream_read_timeout=ucfg.read_timeout,
+        upstream_read_timeout=read_timeout,
         max_body=cfg.max_body_size,
         forwarded_headers=cfg.forwarded_headers,
-        pool_size=ucfg.pool_size,
-        pool_idle_timeout=ucfg.pool_idle_timeout,
+        allow_connect=cfg.forward_proxy,
+        tunnel_idle_timeout=cfg.tunnel_idle_timeout,
+        pool_size=pool_size,
+        pool_idle_timeout=idle,
         backlog=cfg.backlog,
     )

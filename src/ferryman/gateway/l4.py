@@ -85,10 +85,6 @@ def build_listener_service(
     udp = cfg.protocol == "udp"
     if sock is None:
         sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
-    if cfg.protocol == "http":
-        from .http import build_http_service
-
-        return build_http_service(name, cfg, upstream, sock, connector)
     app = CountingGatewayL4(upstream) if _counts_connections(upstream) else GatewayL4(upstream)
     if udp:
         return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)

@@ -76,25 +76,7 @@ class Exchange:
         app, s, svc = self.app, self.session, self.service
         error: ProxyError | None = None
         try:
-            connect = s.request.method == b"CONNECT"
-            if connect and not svc.allow_connect:
-                self.downstream.keep_alive = False
-                s.respond_error(405, "CONNECT is not enabled on this listener")
-                return
-            if svc.has["early_request_filter"]:
-                await app.early_request_filter(s)
-            if svc.has["request_filter"] and await app.request_filter(s):
-                if self.downstream.pending_file is not None:
-                    await self.downstream.flush_file(s)
-                return
-            if svc.has["proxy_upstream_filter"] and not await app.proxy_upstream_filter(s):
-                raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.INTERNAL, context="proxy_upstream_filter refused the request")
-            if connect:
-                await self._connect_tunnel()
-            else:
-                head = await self._send_with_retries()
-                await self._deliver_head(head)
-            await self.done
+            await self._phases()
         except ProxyError as exc:
             error = exc
             await self._fail(exc)
@@ -116,6 +98,28 @@ class Exchange:
                 await app.logging(s, error)
             except Exception:
                 log.exception("%s: logging hook failed", svc.name)
+
+    async def _phases(self) -> None:
+        app, s, svc = self.app, self.session, self.service
+        connect = s.request.method == b"CONNECT"
+        if connect and not svc.allow_connect:
+            self.downstream.keep_alive = False
+            s.respond_error(405, "CONNECT is not enabled on this listener")
+            return
+        if svc.has["early_request_filter"]:
+            await app.early_request_filter(s)
+        if svc.has["request_filter"] and await app.request_filter(s):
+            if self.downstream.pending_file is not None:
+                await self.downstream.flush_file(s)
+            return
+        if svc.has["proxy_upstream_filter"] and not await app.proxy_upstream_filter(s):
+            raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.INTERNAL, context="proxy_upstream_filter refused the request")
+        if connect:
+            await self._connect_tunnel()
+        else:
+            head = await self._send_with_retries()
+            await self._deliver_head(head)
+        await self.done
 
     async def _send_with_retries(self) -> ResponseHead:
         app, s = self.app, self.session
@@ -472,13 +476,13 @@ class Exchange:
 
     # read timeout ----------------------------------------------------------------------------
     def _arm_read_timer(self) -> None:
-        timeout = self.service.upstream_read_timeout
+        timeout = self.session.read_timeout
         if timeout and self._read_timer is None:
             self.last_activity = self.loop.time()
             self._read_timer = self.loop.call_at(self.last_activity + timeout, self._on_read_timer)
 
     def _on_read_timer(self) -> None:
-        timeout = self.service.upstream_read_timeout
+        timeout = self.session.read_timeout
         deadline = self.last_activity + timeout
         if self.done.done() or self.tunnel:
             self._read_timer = None

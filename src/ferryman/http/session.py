@@ -35,7 +35,7 @@ class Session:
     __slots__ = (
         "request", "client_addr", "local_addr", "tls", "ctx", "digest", "peer", "tries",
         "last_error", "response_status", "response_headers", "response_sent", "bytes_sent",
-        "body_bytes_received", "upstream_method", "upstream_target", "route", "vars", "filter_body",
+        "body_bytes_received", "upstream_method", "upstream_target", "route", "vars", "filter_body", "read_timeout",
         "_downstream",
     )
 
@@ -59,6 +59,7 @@ class Session:
         self.route = ""  # the name of the route that matched (product gateway)
         self.vars: dict[str, Any] = {}  # per-request values of filters and apps (e.g. request_id)
         self.filter_body = downstream.service.has_response_body_filters  # run the body filters
+        self.read_timeout = downstream.service.upstream_read_timeout  # between upstream reads
         self._downstream = downstream
 
     # request facts -----------------------------------------------------------------------
