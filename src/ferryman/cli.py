@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-c", "--config", required=True, help="TOML config file")
     check = sub.add_parser("check", help="validate a config file and print every error")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
+    reload = sub.add_parser("reload", help="validate a config file, then tell the running ferryman (SIGHUP) to load it")
+    reload.add_argument("-c", "--config", required=True, help="TOML config file")
+    reload.add_argument("--pid", type=int, help="process to signal (default: the config's server.pid_file)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
@@ -34,10 +37,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.upstreams)} upstreams)")
         return 0
-    return _run(config)
+    if args.command == "reload":
+        return _reload(config, args.pid)
+    return _run(config, args.config)
 
 
-def _run(config) -> int:  # noqa: ANN001 - Config, imported lazily
+def _reload(config, pid: int | None) -> int:  # noqa: ANN001 - Config, imported lazily
+    import os
+    import signal
+
+    if pid is None:
+        if not config.server.pid_file:
+            print("ferryman: no --pid given and the config sets no server.pid_file", file=sys.stderr)
+            return 2
+        try:
+            pid = int(open(config.server.pid_file).read().strip())
+        except (OSError, ValueError) as exc:
+            print(f"ferryman: cannot read pid from {config.server.pid_file}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"ferryman: cannot signal process {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"config valid; reload signalled to process {pid}")
+    return 0
+
+
+def _run(config, path: str) -> int:  # noqa: ANN001 - Config, imported lazily
     from .gateway.app import serve
     from .net.listener import BindError
 
@@ -46,7 +73,7 @@ def _run(config) -> int:  # noqa: ANN001 - Config, imported lazily
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
     try:
-        return serve(config)
+        return serve(config, path)
     except BindError as exc:
         print(f"ferryman: {exc.strerror}", file=sys.stderr)
         return 1

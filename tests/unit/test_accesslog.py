@@ -31,8 +31,11 @@ from ferryman.observability.accesslog import (
 )
 from ferryman.protocol.h1 import RequestHead, RequestParser
 
-# a downstream as Session needs it: only the response-body-filter decision
-DOWNSTREAM = types.SimpleNamespace(service=types.SimpleNamespace(has_response_body_filters=False))
+# a downstream as Session needs it: its loop clock and its service's per-request defaults
+DOWNSTREAM = types.SimpleNamespace(
+    loop=types.SimpleNamespace(time=time.monotonic),
+    service=types.SimpleNamespace(has_response_body_filters=False, upstream_read_timeout=None),
+)
 TIME_LOCAL = re.compile(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}")
 DEADLINE = 10.0
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import socket
+from typing import Any
 from pathlib import Path
 
+from ..config.load import load_file
 from ..config.model import Config, ListenerConfig
+from ..errors import ConfigError
+from ..filters.base import Filter
 from ..demo.origin import DemoOrigin
 from ..net.connect import Connector
 from ..net.listener import bind_socket
@@ -17,7 +23,7 @@ from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
 from ..server.workers import run_workers
 from .http import build_filters, build_http_service, build_router
-from .l4 import build_listener_service
+from .l4 import CountingGatewayL4, GatewayL4, _counts_connections, build_listener_service
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +31,9 @@ log = logging.getLogger(__name__)
 class Gateway:
     """Sockets bound once (in the master when there are workers); services built per process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, path: str | Path | None = None) -> None:
         self.config = config
+        self.path = path  # re-read on reload (SIGHUP / ferryman reload)
         self.sockets: dict[str, socket.socket] = {}
         self.demo_sock: socket.socket | None = None
 
@@ -53,26 +60,9 @@ class Gateway:
         """Everything one process serves: listeners, health checks, the demo origin."""
         config = self.config
         server = Server(grace_period=config.server.grace_period)
-        upstreams = build_upstreams(config)
-        filters = build_filters(config)
-        pipes, connector = PipePool(), Connector()
-        for name, cfg in config.listeners.items():
-            sock = self.sockets[name]
-            if cfg.protocol == "http":
-                access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
-                if access_log is not None:
-                    server.add_background(AccessLogService(access_log))
-                router = build_router(config, cfg, upstreams, filters)
-                server.add_service(build_http_service(name, cfg, router, sock, connector, _used_upstreams(config, cfg, upstreams), access_log))
-                continue
-            if cfg.protocol == "udp" and config.server.workers > 1 and worker > 0:
-                # each worker has its own SO_REUSEPORT UDP socket: the kernel keeps a client on one worker
-                self.sockets[name].close()  # worker 0's, inherited: unread here, it would only hold datagrams
-                sock = bind_socket(cfg.addr, udp=True, reuse_port=True)
-            server.add_service(build_listener_service(name, cfg, upstreams[cfg.upstream], pipes=pipes, connector=connector, sock=sock))
-        for upstream in upstreams.values():
-            if upstream.checker is not None:
-                server.add_background(upstream.checker)
+        runtime = Runtime(self, server, worker)
+        runtime.build(config)
+        server.on_reload.append(runtime.reload)
         if self.demo_sock is not None:
             if worker == 0:
                 server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
@@ -81,6 +71,164 @@ class Gateway:
                 # connections into a backlog nobody accepts from once worker 0 has stopped
                 self.demo_sock.close()
         return server
+
+
+class Listener:
+    """One served listener: its config, its service and its access log."""
+
+    __slots__ = ("cfg", "service", "access_log")
+
+    def __init__(self, cfg: ListenerConfig, service: Any, access_log: AccessLog | None) -> None:
+        self.cfg, self.service, self.access_log = cfg, service, access_log
+
+
+class Runtime:
+    """One process's live objects for the current config generation, and hot reload.
+
+    A reload loads → validates → builds → swaps: unchanged upstreams (health state, pools,
+    balancer position) and filters (rate-limit counters) are kept; a listener whose own
+    settings did not change keeps its service and socket and only gets a new router (one
+    reference assignment: requests in flight keep the route they pinned); a changed listener
+    gets a new service on the same socket; removed listeners drain and close.
+    """
+
+    def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
+        self.gateway, self.server, self.worker = gateway, server, worker
+        self.config: Config | None = None
+        self.upstreams: dict[str, Upstream] = {}
+        self.filters: dict[str, Filter] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.pipes, self.connector = PipePool(), Connector()
+        self.generation = 0
+
+    def build(self, config: Config) -> None:
+        """The first generation: services are added to the server before it starts."""
+        self.config = config
+        self.upstreams = build_upstreams(config)
+        self.filters = build_filters(config)
+        for name, cfg in config.listeners.items():
+            sock = self.gateway.sockets[name]
+            if cfg.protocol == "udp" and config.server.workers > 1 and self.worker > 0:
+                # each worker has its own SO_REUSEPORT UDP socket: the kernel keeps a client on one worker
+                sock.close()  # worker 0's, inherited: unread here, it would only hold datagrams
+                sock = bind_socket(cfg.addr, udp=True, reuse_port=True)
+            listener = self._make(name, cfg, sock)
+            self.listeners[name] = listener
+            self.server.add_service(listener.service)
+        for upstream in self.upstreams.values():
+            if upstream.checker is not None:
+                self.server.add_background(upstream.checker)
+        self.generation = 1
+
+    def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket) -> Listener:
+        config = self.config
+        assert config is not None
+        if cfg.protocol != "http":
+            service = build_listener_service(name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock)  # type: ignore[index]
+            return Listener(cfg, service, None)
+        access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
+        if access_log is not None:
+            self.server.add_background(AccessLogService(access_log))
+        router = build_router(config, cfg, self.upstreams, self.filters)
+        service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log)
+        return Listener(cfg, service, access_log)
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it; a bad one is refused and the old one serves on."""
+        path = self.gateway.path
+        if path is None:
+            log.warning("reload: no config file to read (started from an in-memory config)")
+            return False
+        try:
+            config = load_file(path)
+        except ConfigError as exc:
+            log.error("reload refused, still serving generation %d:\n%s", self.generation, exc.render())
+            return False
+        try:
+            await self.apply(config)
+        except Exception:
+            log.exception("reload failed while applying %s; still serving generation %d", path, self.generation)
+            return False
+        return True
+
+    async def apply(self, config: Config) -> None:
+        old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
+        upstreams = build_upstreams(config, old_upstreams)
+        filters = {name: old_filters[name] if name in old_filters and self.config and self.config.filters.get(name) == body else None
+                   for name, body in config.filters.items()}
+        fresh = build_filters(config.model_copy(update={"filters": {n: b for n, b in config.filters.items() if filters[n] is None}}))
+        filters = {name: kept or fresh[name] for name, kept in filters.items()}
+        self.config, self.upstreams, self.filters = config, upstreams, filters
+        listeners: dict[str, Listener] = {}
+        changed, added = [], []
+        for name, cfg in config.listeners.items():
+            old = old_listeners.get(name)
+            if old is not None and self._swap(old, cfg):
+                listeners[name] = old
+                continue
+            sock = self._socket_for(cfg, old)
+            listener = self._make(name, cfg, sock)
+            await _start(listener.service)
+            self.server.add_service(listener.service)
+            listeners[name] = listener
+            (changed if old is not None else added).append(name)
+        self.listeners = listeners
+        retired = [old_listeners[n] for n in changed] + [l for n, l in old_listeners.items() if n not in config.listeners]
+        for listener in retired:
+            asyncio.get_running_loop().create_task(self._retire(listener))
+        kept = {id(u) for u in upstreams.values()}
+        for upstream in upstreams.values():
+            if upstream.checker is not None and not upstream.checker.running:
+                upstream.checker.start()
+        for upstream in old_upstreams.values():
+            if id(upstream) not in kept and upstream.checker is not None:
+                await upstream.checker.stop()
+        for name, old_filter in old_filters.items():
+            if filters.get(name) is not old_filter:
+                old_filter.close()
+        self.generation += 1
+        removed = [n for n in old_listeners if n not in config.listeners]
+        log.info("reload: generation %d applied (listeners added %s, changed %s, removed %s; upstreams kept %d of %d)",
+                 self.generation, added or "-", changed or "-", removed or "-", len(kept & {id(u) for u in old_upstreams.values()}), len(upstreams))
+
+    def _swap(self, old: Listener, cfg: ListenerConfig) -> bool:
+        """Point an unchanged listener at the new generation; False when it must be rebuilt."""
+        if old.cfg.model_dump(exclude={"routes", "upstream"}) != cfg.model_dump(exclude={"routes", "upstream"}):
+            return False
+        service = old.service
+        if cfg.protocol == "http":
+            service.app.router = build_router(self.config, cfg, self.upstreams, self.filters)  # type: ignore[arg-type]
+        else:
+            upstream = self.upstreams[cfg.upstream]  # type: ignore[index]
+            app = (CountingGatewayL4 if _counts_connections(upstream) else GatewayL4)(upstream)
+            if type(app) is not type(service.app):
+                return False
+            service.app = app
+        old.cfg = cfg
+        return True
+
+    def _socket_for(self, cfg: ListenerConfig, old: Listener | None) -> socket.socket:
+        """The old listener's socket (duplicated) when the address is the same, else a new bind."""
+        if old is not None and old.cfg.addr == cfg.addr and old.cfg.protocol == cfg.protocol:
+            sock = old.service.sock
+            return socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        shared = self.config is not None and self.config.server.workers > 1
+        return bind_socket(cfg.addr, udp=cfg.protocol == "udp", backlog=cfg.backlog, reuse_port=cfg.reuse_port or shared)
+
+    async def _retire(self, listener: Listener) -> None:
+        service = listener.service
+        service.stop_accepting()
+        try:
+            await service.drain(self.server.grace_period)
+        finally:
+            if service in self.server.services:
+                self.server.services.remove(service)
+
+
+async def _start(service: Any) -> None:
+    started = service.start()
+    if inspect.isawaitable(started):
+        await started
 
 
 def _used_upstreams(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream]) -> dict[str, Upstream]:
@@ -101,9 +249,9 @@ class AccessLogService:
         self.log.close(timeout=5.0)
 
 
-def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT. Returns the process exit code."""
-    gateway = Gateway(config)
+def serve(config: Config, path: str | Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT (SIGHUP reloads ``path``). Returns the process exit code."""
+    gateway = Gateway(config, path)
     gateway.bind()
     pid_file = Path(config.server.pid_file) if config.server.pid_file else None
     if pid_file is not None:

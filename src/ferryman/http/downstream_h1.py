@@ -201,7 +201,10 @@ class DownstreamH1(asyncio.Protocol):
             if sock is not None and transport.get_extra_info("sslcontext") is None:
                 while transport.get_write_buffer_size() and not transport.is_closing():
                     await asyncio.sleep(0.002)  # the head leaves first (usually at once)
-                session.bytes_sent += await send_file(sock.fileno(), fd, offset, count, reactor_for(self.loop))
+                sent = await send_file(sock.fileno(), fd, offset, count, reactor_for(self.loop), timeout=self.service.body_timeout)
+                session.bytes_sent += sent
+                if sent < count:
+                    raise OSError(f"file ended {count - sent} bytes early")
             else:
                 session.bytes_sent += await self._copy_file(fd, offset, count)
         except OSError as exc:

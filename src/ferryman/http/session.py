@@ -98,7 +98,8 @@ class Session:
         out = list(headers or [])
         if not any(k == b"content-type" for k, _ in out) and body:
             out.append((b"content-type", b"text/plain; charset=utf-8"))
-        out.append((b"content-length", b"%d" % len(body)))
+        if status not in (204, 304):  # RFC 9110: no Content-Length on 204; 304 keeps the resource's
+            out.append((b"content-length", b"%d" % len(body)))
         self.response_status = status
         self.response_headers = out
         self._downstream.send_response(self, response_head(status, b"", out), b"" if self.request.method == b"HEAD" else body)

@@ -84,17 +84,26 @@ def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:
     )
 
 
-def build_upstreams(config: Config) -> dict[str, Upstream]:
+def build_upstreams(config: Config, previous: dict[str, Upstream] | None = None) -> dict[str, Upstream]:
     """Every upstream by name; nested members reuse the member upstreams' balancers.
 
     A nested upstream dials each backend with the options of the leaf upstream that owns it.
+    On reload, ``previous`` upstreams whose config (and members) did not change are kept as
+    they are: their balancer state, health state and checker carry on.
     """
     built: dict[str, Upstream] = {}
+    previous = previous or {}
 
     def build(name: str) -> Upstream:
         if name in built:
             return built[name]
         cfg = config.upstreams[name]
+        old = previous.get(name)
+        if old is not None and old.config == cfg:
+            children = [parse_member(text)[0] for text in cfg.members]
+            if all(build(child) is previous.get(child) for child in children):
+                built[name] = old
+                return old
         if cfg.members:
             members: list[tuple[Member, int]] = []
             peers: dict[int, Peer] = {}

@@ -48,6 +48,8 @@ class Server:
         self.services: list[Service] = []
         self.background: list[BackgroundService] = []
         self.on_started: list[Callable[[], Awaitable[None] | None]] = []
+        self.on_reload: list[Callable[[], Awaitable[bool]]] = []  # run on SIGHUP, one reload at a time
+        self._reloading: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
 
     def add_service(self, service: Service) -> None:
@@ -70,6 +72,10 @@ class Server:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or no signal support
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
         for service in self.background:
             service.start()
         for service in self.services:
@@ -84,11 +90,23 @@ class Server:
             await self._stop.wait()
         finally:
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 try:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload (a reload arriving during another runs after it)."""
+        previous = self._reloading
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+            for callback in self.on_reload:
+                await callback()
+
+        self._reloading = asyncio.get_running_loop().create_task(run())
 
     def shutdown(self) -> None:
         """Ask a running server to stop (thread-unsafe; call from the loop)."""

@@ -51,7 +51,9 @@ def run_workers(
                 for pid in workers:
                     _kill(pid, signal.SIGTERM)
             elif info.si_signo == signal.SIGHUP:
-                log.info("master: SIGHUP (reload) is not implemented yet; ignored")
+                log.info("master: SIGHUP: telling %d workers to reload", len(workers))
+                for pid in list(workers):
+                    _kill(pid, signal.SIGHUP)
             _reap(workers, worker_main, restart=stopping_since is None)
         return 0
     finally:
