@@ -1,12 +1,17 @@
 """ferryman: a programmable, high-performance network proxy and load balancer.
 
-Framework API: subclass :class:`ProxyL4`, implement ``upstream_peer``, serve it with a
-:class:`Server` and a :class:`TcpProxyService` / :class:`UdpProxyService`.
+Framework API: subclass :class:`ProxyHttp` (or :class:`ProxyL4`), implement
+``upstream_peer``, serve it with a :class:`Server` and an :class:`HttpProxyService`
+(:class:`TcpProxyService` / :class:`UdpProxyService`). Route filters: :class:`Filter`.
 """
 
 __version__ = "0.1.0"
 
 from .errors import ErrorKind, ErrorSource, ProxyError
+from .filters.base import Filter
+from .http.hooks import ProxyHttp
+from .http.service import HttpProxyService
+from .http.session import Session
 from .l4.hooks import ProxyL4
 from .l4.session import L4Session
 from .l4.tcp import TcpProxyService
@@ -21,12 +26,16 @@ __all__ = [
     "Connector",
     "ErrorKind",
     "ErrorSource",
+    "Filter",
+    "HttpProxyService",
     "HttpConnectProxy",
     "L4Session",
     "Peer",
     "ProxyError",
+    "ProxyHttp",
     "ProxyL4",
     "Server",
+    "Session",
     "TcpKeepalive",
     "TcpProxyService",
     "UdpProxyService",
