@@ -151,7 +151,56 @@ def test_example_config_loads() -> None:
     config = load_file(REPO / "examples" / "ferryman.toml")
     assert set(config.listeners) == {"web", "http"}
     assert config.listeners["http"].protocol == "http"
-    assert all(listener.upstream in config.upstreams for listener in config.listeners.values())
+    assert config.listeners["web"].upstream in config.upstreams
+    assert all(name in config.routes for name in config.listeners["http"].routes)
+    assert all(route.upstream in config.upstreams for route in config.routes.values() if route.upstream)
+    assert all(f in config.filters for route in config.routes.values() for f in route.filters)
+
+
+ROUTED = """
+[listeners.web]
+addr = "127.0.0.1:1"
+protocol = "http"
+routes = ["api", "nope"]
+
+[routes.api]
+host = "~(unclosed"
+path = "api"
+upstream = "missing"
+filters = ["rl", "ghost"]
+
+[filters.rl]
+kind = "ratelimit"
+rate = "fast"
+colour = "red"
+
+[filters.what]
+kind = "teleport"
+
+[upstreams.u]
+backends = ["127.0.0.1:2"]
+"""
+
+
+def test_route_and_filter_errors_name_their_toml_paths() -> None:
+    errors = dict(errors_of(ROUTED))
+    assert "no route named 'nope'" in errors["listeners.web.routes[1]"]
+    assert "invalid regex" in errors["routes.api.host"]
+    assert "/" in errors["routes.api.path"]
+    assert "no upstream named 'missing'" in errors["routes.api.upstream"]
+    assert "no filter named 'ghost'" in errors["routes.api.filters[1]"]
+    assert errors["filters.rl.colour"] == "unknown key"
+    assert "filters.rl.rate" in errors
+    assert "unknown filter kind 'teleport'" in errors["filters.what.kind"]
+
+
+def test_listener_targets_are_checked() -> None:
+    both = '[listeners.l]\naddr = "127.0.0.1:1"\nprotocol = "http"\nupstream = "u"\nroutes = ["r"]\n[routes.r]\nupstream = "u"\n[upstreams.u]\nbackends = ["127.0.0.1:2"]\n'
+    assert ("listeners.l.routes", "give either upstream or routes, not both") in errors_of(both)
+    neither = '[listeners.l]\naddr = "127.0.0.1:1"\nprotocol = "http"\n'
+    assert ("listeners.l", "an http listener needs an upstream or routes") in errors_of(neither)
+    tcp_hash = '[listeners.l]\naddr = "127.0.0.1:1"\nupstream = "u"\n[upstreams.u]\nbackends = ["127.0.0.1:2"]\nlb = "consistent_hash"\nhash_key = "uri"\n'
+    assert any(path == "upstreams.u.hash_key" for path, _ in errors_of(tcp_hash))
 
 
 # --- durations ------------------------------------------------------------------------
