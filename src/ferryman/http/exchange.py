@@ -307,6 +307,7 @@ class Exchange:
         upstream = self.upstream
         if upstream is None or not data:
             return
+        self.last_activity = self.loop.time()  # the request body is moving: the upstream is not idle
         if self.request_chunked:
             upstream.writelines(chunk(data))
         else:
