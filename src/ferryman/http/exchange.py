@@ -317,6 +317,7 @@ class Exchange:
         self.downstream.pause_reading_for(self)
 
     def on_upstream_write_resumed(self) -> None:
+        self.last_activity = self.loop.time()  # the upstream is taking the body: not idle
         self.downstream.resume_reading_for(self)
 
     # response --------------------------------------------------------------------------------
