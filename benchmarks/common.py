@@ -307,11 +307,20 @@ def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def fmt_int(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals (0.99975 -> '99.98%'), '—' if None."""
+    return "—" if value is None else f"{value:.2%}"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured Markdown table; numeric-looking columns right-aligned."""
     def numeric(col: int) -> bool:
         cells = [r[col] for r in rows if r[col] not in ("—", "")]
-        return bool(cells) and all(re.match(r"^[\d,.x\s–-]+$", c) for c in cells)
+        return bool(cells) and all(re.match(r"^[\d,.x%\s–-]+$", c) for c in cells)
 
     aligns = ["---:" if numeric(i) else ":---" for i in range(len(headers))]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(aligns) + "|"]
@@ -405,12 +414,18 @@ class Contender:
 
     ``ports`` says where clients connect (an int, or a harness's own record); ``failed`` holds
     why the contender is unusable (did not start, did not proxy): it is then never measured.
+    ``scenarios`` limits it to those scenarios (None: all), for a contender that is only
+    worth one comparison.
     """
 
     name: str
     ports: Any
     services: list[Service] = field(default_factory=list)
     failed: str | None = None
+    scenarios: tuple[str, ...] | None = None
+
+    def runs(self, scenario: str) -> bool:
+        return self.scenarios is None or scenario in self.scenarios
 
     def dead(self) -> Service | None:
         return next((s for s in self.services if not s.alive()), None)
@@ -489,18 +504,21 @@ def start_haproxy(group: ProcessGroup, workdir: Path, conf: str) -> Service:
     return group.start("haproxy", [find_tool("haproxy") or "haproxy", "-db", "-f", str(path)])
 
 
-def start_ferryman(group: ProcessGroup, workdir: Path, toml: str) -> Service:
-    """``python -m ferryman run`` on ``toml`` with ``src`` on PYTHONPATH.
+def start_ferryman(
+    group: ProcessGroup, workdir: Path, toml: str, name: str = "ferryman"
+) -> Service:
+    """``python -m ferryman run`` on ``toml`` with ``src`` on PYTHONPATH; ``name`` names its
+    config and log files (several instances can run side by side).
 
     cwd is the repo root, so ``-m`` finds the checked-out package.
     """
-    path = workdir / "ferryman.toml"
+    path = workdir / f"{name}.toml"
     path.write_text(toml)
     env = dict(os.environ)
     src = str(REPO_DIR / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return group.start(
-        "ferryman", [sys.executable, "-m", "ferryman", "run", "-c", str(path)],
+        name, [sys.executable, "-m", "ferryman", "run", "-c", str(path)],
         env=env, cwd=REPO_DIR,
     )
 
@@ -541,6 +559,12 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     A raw socket: the check wants the exact bytes, with no client-side decoding.
     The body is everything after the head (no chunked decoding: the caller checks its length).
     """
+    status, _head, body = http_get_full(port, path, timeout)
+    return status, body
+
+
+def http_get_full(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes, bytes]:
+    """Like :func:`http_get`, with the response head too: (status, head, body)."""
     req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -551,7 +575,7 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
     if not m or not sep:
         raise ValueError(f"not an HTTP response: {head[:80]!r}")
-    return int(m.group(1)), body
+    return int(m.group(1)), head, body
 
 
 # --------------------------------------------------------------------------- wrk
@@ -619,7 +643,8 @@ class Scenario:
     unit: str  # of the measured value, e.g. "req/s"
     cpu_unit: str = "CPU-s/1k req"
     cpu_per: float = 1000  # proxy CPU is divided by (record["units"] / cpu_per)
-    extra: tuple[tuple[str, str], ...] = ()  # more columns: (header, record key), medians
+    # more columns, medians over rounds: (header, record key) or (header, record key, format)
+    extra: tuple[tuple[Any, ...], ...] = ()
 
 
 Measure = Callable[[str, Contender, int], dict[str, Any]]
@@ -642,6 +667,8 @@ def run_rounds(
         order = contenders[(rnd - 1) % n :] + contenders[: (rnd - 1) % n]
         for scenario, sc in scenarios.items():
             for c in order:
+                if not c.runs(scenario):
+                    continue
                 dead = c.dead() or next((s for s in origin_services if not s.alive()), None)
                 pids = [s.pid for s in c.services]
                 cpu = origin_cpu = None
@@ -694,19 +721,23 @@ def scenario_table(
     rounds: int,
     reference: str,
 ) -> str:
-    """One row per contender: median, min–max, paired ratios to ``reference`` and ``direct``,
-    the ``sc.extra`` medians, proxy CPU per unit and the error counts."""
+    """One row per contender measured in ``scenario``: median, min–max, paired ratios to
+    ``reference`` and ``direct`` (if among ``names``), the ``sc.extra`` medians, proxy CPU per
+    unit and the error counts."""
     by: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for rec in records:
-        if rec["scenario"] == scenario:
+        if rec["scenario"] == scenario and rec["contender"] in by:
             by[rec["contender"]].append(rec)
     values = {
         n: [next((r["value"] for r in by[n] if r["round"] == k), None)
             for k in range(1, rounds + 1)]
         for n in names
     }
+    with_direct = "direct" in names
     rows = []
     for n in names:
+        if not by[n]:  # not measured in this scenario
+            continue
         vals = [v for v in values[n] if v is not None]
         failed = sum(1 for r in by[n] if r["value"] is None)
         errors = describe_totals(by[n])
@@ -718,14 +749,15 @@ def scenario_table(
             fmt_num(median(vals)),
             f"{fmt_num(min(vals))}–{fmt_num(max(vals))}" if vals else "—",
             fmt_ratio(paired_ratio(values, n, reference)),
-            fmt_ratio(paired_ratio(values, n, "direct")),
-            *(fmt_num(median([r[key] for r in ok if r.get(key) is not None]))
-              for _, key in sc.extra),
+            *([fmt_ratio(paired_ratio(values, n, "direct"))] if with_direct else []),
+            *((ex[2] if len(ex) > 2 else fmt_num)(
+                median([r[ex[1]] for r in ok if r.get(ex[1]) is not None]))
+              for ex in sc.extra),
             fmt_num(median([c for c in (cpu_per_unit(r, sc) for r in by[n]) if c is not None])),
             errors or "0",
         ])
-    headers = ["contender", f"median {sc.unit}", "min–max", f"vs {reference}", "vs direct",
-               *(h for h, _ in sc.extra), f"proxy {sc.cpu_unit}", "errors"]
+    headers = ["contender", f"median {sc.unit}", "min–max", f"vs {reference}",
+               *(["vs direct"] if with_direct else []), *(ex[0] for ex in sc.extra), f"proxy {sc.cpu_unit}", "errors"]
     return markdown_table(headers, rows)
 
 
@@ -746,6 +778,41 @@ def report(
             parts.append(f"- round {r['round']} {r['contender']}: {r['error']}")
         if failures:
             parts.append("")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A short table of its own: ``name`` against ``reference`` in one scenario (paired
+    ratios), e.g. a contender that is only run for that one comparison."""
+
+    title: str
+    scenario: str
+    name: str
+    reference: str
+    notes: tuple[str, ...] = ()
+
+
+def comparison_tables(
+    records: list[dict[str, Any]],
+    comparisons: Iterable[Comparison],
+    scenarios: dict[str, Scenario],
+    rounds: int,
+) -> str:
+    """A ``###`` table per comparison whose two contenders were both measured ('' if none)."""
+    parts = []
+    for cmp in comparisons:
+        measured = {r["contender"] for r in records if r["scenario"] == cmp.scenario}
+        if cmp.scenario not in scenarios or not {cmp.name, cmp.reference} <= measured:
+            continue
+        sc = scenarios[cmp.scenario]
+        parts.append(f"### {cmp.title} — {cmp.scenario} ({sc.unit})\n")
+        parts.extend(f"- {n}" for n in cmp.notes)
+        if cmp.notes:
+            parts.append("")
+        table = scenario_table(records, cmp.scenario, sc, [cmp.name, cmp.reference], rounds,
+                               cmp.reference)
+        parts.append(table + "\n")
     return "\n".join(parts)
 
 
@@ -772,6 +839,11 @@ class Harness:
     check: Callable[[list[str]], str | None] = lambda names: None  # why it cannot run, or None
     notes: tuple[str, ...] = ()  # printed under the banner and listed in RESULTS.md
     meta: dict[str, Any] = field(default_factory=dict)  # extra facts for the raw JSON
+    # contenders run only when asked for (--with-NAME or --contenders): name -> help text
+    optional: dict[str, str] = field(default_factory=dict)
+    comparisons: tuple[Comparison, ...] = ()  # extra tables, shown when both sides ran
+    # versions of tools the requested contenders need beyond ``tools``: names -> {tool: version}
+    extra_versions: Callable[[list[str]], dict[str, str]] = lambda names: {}
 
 
 def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
@@ -780,16 +852,22 @@ def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=int,
                    help="whole seconds per measurement (default 5; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s")
+    allowed = (*h.contenders, *h.optional)
     p.add_argument("--contenders", default=",".join(h.contenders),
-                   help=f"comma-separated subset of {','.join(h.contenders)}")
+                   help=f"comma-separated subset of {','.join(allowed)}")
+    for name, text in h.optional.items():
+        p.add_argument(f"--with-{name}", action="append_const", const=name, dest="extra",
+                       help=f"also run {name}: {text}")
     p.add_argument("--scenarios", default=",".join(h.scenarios),
                    help=f"comma-separated subset of {','.join(h.scenarios)}")
     p.add_argument("--write-results", action="store_true",
                    help=f"replace the '{h.heading}' section of benchmarks/RESULTS.md")
+    p.set_defaults(extra=None)
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2 if args.quick else 5)
-    args.contenders = split_choice(p, args.contenders, h.contenders, "--contenders")
+    args.contenders = split_choice(p, args.contenders, allowed, "--contenders")
+    args.contenders += [n for n in dict.fromkeys(args.extra or ()) if n not in args.contenders]
     args.scenarios = split_choice(p, args.scenarios, tuple(h.scenarios), "--scenarios")
     if args.rounds < 1 or args.duration <= 0:
         p.error("--rounds must be >= 1 and --duration > 0")
@@ -811,8 +889,9 @@ def preflight(h: Harness, names: list[str]) -> str | None:
     missing = missing_tools(h.tools)
     if missing:
         return f"missing tools: {', '.join(missing)}\ninstall with: {h.install_hint}"
-    if "ferryman" in names and not (REPO_DIR / "src/ferryman/__main__.py").exists():
-        others = ",".join(n for n in h.contenders if n != "ferryman")
+    if (any(n.startswith("ferryman") for n in names)
+            and not (REPO_DIR / "src/ferryman/__main__.py").exists()):
+        others = ",".join(n for n in h.contenders if not n.startswith("ferryman"))
         return ("ferryman is not runnable yet (no src/ferryman/__main__.py); "
                 f"try --contenders {others}")
     return h.check(names)
@@ -820,7 +899,7 @@ def preflight(h: Harness, names: list[str]) -> str | None:
 
 def results_section(h: Harness, meta: dict[str, Any], tables: str, json_path: Path) -> str:
     m = meta["machine"]
-    versions = ", ".join(f"{t} {m[t]}" for t in h.tools)
+    versions = ", ".join(f"{t} {m[t]}" for t in (*h.tools, *meta.get("extra_tools", ())))
     notes = "".join(f"- {n}\n" for n in h.notes)
     return f"""{h.heading} — {today()}
 
@@ -856,10 +935,13 @@ def main(h: Harness, argv: list[str] | None = None) -> int:
         "contenders": args.contenders,
         "scenarios": args.scenarios,
         **h.meta,
-        "machine": machine_info({
-t: tool_version([find_tool(t) or t, "-v"]) for t in h.tools
-        }),
     }
+    extra = h.extra_versions(args.contenders)
+    meta["extra_tools"] = list(extra)
+    meta["machine"] = machine_info({
+        **{t: tool_version([find_tool(t) or t, "-v"]) for t in h.tools},
+        **extra,
+    })
     m = meta["machine"]
     print(f"{h.title}: {args.rounds} round(s) × {args.duration} s; contenders "
           f"{','.join(args.contenders)}; {m['nproc']} cores, kernel {m['kernel']}", flush=True)
@@ -878,6 +960,9 @@ t: tool_version([find_tool(t) or t, "-v"]) for t in h.tools
         finally:
             group.stop_all()
     tables = report(records, scenarios, args.contenders, args.rounds, h.reference)
+    extra_tables = comparison_tables(records, h.comparisons, scenarios, args.rounds)
+    if extra_tables:
+        tables = tables.rstrip("\n") + "\n\n" + extra_tables
     json_path = save_json({"meta": meta, "records": records}, h.name)
     print()
     print(tables)

@@ -4,18 +4,25 @@
 One command, from the repo root::
 
     python benchmarks/l7.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
-                            [--scenarios a,b] [--write-results]
+                            [--scenarios a,b] [--with-mitmproxy] [--write-results]
 
 An nginx origin serves ``/small`` (100-byte body) and ``/1m`` (a 1 MiB file) for the whole
 benchmark; every contender is a reverse proxy with one worker and a keep-alive pool to the
 origin. Before measuring, one GET of each path through each contender must return 200 and
 the exact body, else that contender is reported as failed and skipped. Rounds are interleaved
 (round -> scenario -> contender, contender order rotated each round); ratios are medians of
-per-round paired ratios.
+per-round paired ratios. The origin's ``stub_status`` counters, read around each run, give
+the connections it accepted and the share of requests that came on a reused connection.
+
+Two contenders run in small-keepalive only: ``ferryman-routes`` (the config-driven gateway
+with three routes and a ``headers`` filter, against the single-upstream ``ferryman``) and,
+with ``--with-mitmproxy``, ``mitmdump`` in reverse mode.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,14 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # imported after the sys.path tweak that makes it importable
 from common import (
     SMALL_BODY,
+    Comparison,
     Contender,
     Harness,
     ProcessGroup,
     Scenario,
     Service,
     entry,
+    find_tool,
+    fmt_int,
+    fmt_pct,
     free_ports,
     http_get,
+    http_get_full,
     nginx_http_block,
     nginx_main_block,
     run_wrk,
@@ -42,14 +54,22 @@ from common import (
     start_haproxy,
     start_nginx,
     start_origin_nginx,
+    tool_version,
 )
 from common import main as run_main
 
-CONTENDERS = ("direct", "ferryman", "nginx", "haproxy")
+CONTENDERS = ("direct", "ferryman", "nginx", "haproxy", "ferryman-routes")
 TOOLS = ("nginx", "haproxy", "wrk")
 INSTALL_HINT = "apt-get install -y nginx haproxy wrk   (or: bash benchmarks/install.sh)"
 LARGE_BODY = bytes(range(256)) * 4096  # 1 MiB, served at /1m
 EXPECTED = {"/small": SMALL_BODY.encode(), "/1m": LARGE_BODY}
+STATUS_PATH = "/__origin_status"  # the origin's stub_status (connection and request counters)
+# mitmdump: $MITMDUMP, else on PATH, else the venv `install.sh --with-mitmproxy` creates
+MITM_VENV = Path(os.environ.get("MITMPROXY_VENV", "/tmp/ferryman-bench-mitmproxy"))
+MITM_HINT = "bash benchmarks/install.sh --with-mitmproxy   (a venv of its own: its pins " \
+    "conflict with ferryman's dependencies)"
+# contenders measured in one scenario only, for one comparison
+ONLY_SMALL = ("small-keepalive",)
 
 # scenario -> (path, wrk connections, Connection: close)
 WRK_RUNS = {
@@ -57,18 +77,23 @@ WRK_RUNS = {
     "large": ("/1m", 10, False),
     "new-conn": ("/small", 50, True),
 }
+# origin-side columns: new connections it accepted during the run, and the share of its
+# requests that came on an already open connection (upstream reuse; for direct: wrk's own)
+ORIGIN_COLS = (("origin conns", "origin_conns", fmt_int), ("upstream reuse", "reuse", fmt_pct))
+CPU = {"cpu_unit": "CPU µs/req", "cpu_per": 1e6}
 SCENARIOS = {
     "small-keepalive": Scenario(
-        f"wrk -t1 -c50, GET /small ({len(SMALL_BODY)}-byte body), keep-alive", "req/s"
+        f"wrk -t1 -c50, GET /small ({len(SMALL_BODY)}-byte body), keep-alive", "req/s",
+        extra=ORIGIN_COLS, **CPU,
     ),
     "large": Scenario(
         "wrk -t1 -c10, GET /1m (1 MiB body), keep-alive", "req/s",
-        extra=(("median MB/s", "mb_s"),),
+        extra=(("median MB/s", "mb_s"), *ORIGIN_COLS), **CPU,
     ),
     "new-conn": Scenario(
         "wrk -t1 -c50 -H 'Connection: close', GET /small: a new client connection per "
         "request (the proxy may reuse its upstream connections)",
-        "req/s",
+        "req/s", extra=ORIGIN_COLS, **CPU,
     ),
 }
 NOTES = (
@@ -79,8 +104,33 @@ NOTES = (
     (
         "Proxies: nginx `proxy_pass` to an `upstream` with `keepalive 64`, HTTP/1.1, "
         "`proxy_buffering on`; haproxy `mode http`, `http-reuse always`; ferryman one http "
-        "listener, one upstream. MB/s is wrk's bytes read (headers included)."
+        "listener, one upstream (`upstream = ...`); ferryman-routes (small-keepalive only) the "
+        "same listener with `routes = [...]`, see its table. MB/s is wrk's bytes read "
+        "(headers included)."
     ),
+    (
+        "origin conns: connections the origin accepted during the run (median); upstream "
+        "reuse: 1 − origin connections / origin requests (from its `stub_status`)."
+    ),
+)
+ROUTES_NOTE = (
+    "ferryman-routes: `ferryman run -c CONFIG`, one http listener with `routes = [\"api\", "
+    "\"assets\", \"site\"]`: `api` (path `/api`, methods GET/POST), `assets` (path "
+    "`~^/assets/.+\\.(css|js)$`), `site` (path `/`, `filters = [\"hdr\"]`, a `headers` filter "
+    "with one `request_set` and one `response_add`); /small matches `site`. ferryman: the "
+    "same listener with `upstream = \"origin\"` instead of routes."
+)
+MITM_NOTE = (
+    "mitmproxy: `mitmdump --mode reverse:http://127.0.0.1:ORIGIN --listen-host 127.0.0.1 "
+    "--listen-port PORT -q --set confdir=TMP` (in a venv of its own, "
+    "`bash benchmarks/install.sh --with-mitmproxy`); only with `--with-mitmproxy`. "
+    "Issue target: ferryman ≥ 20x mitmproxy."
+)
+COMPARISONS = (
+    Comparison("product gateway: routes + headers filter vs one upstream", "small-keepalive",
+               "ferryman-routes", "ferryman", (ROUTES_NOTE,)),
+    Comparison("ferryman vs mitmproxy (reverse mode)", "small-keepalive", "ferryman",
+               "mitmproxy", (MITM_NOTE,)),
 )
 
 
@@ -137,9 +187,10 @@ backend origin
     return Contender("haproxy", port, [start_haproxy(group, workdir, conf)])
 
 
-def start_ferryman_http(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
-    (port,) = free_ports(1)
-    conf = f"""
+def ferryman_conf(port: int, origin: int, target: str) -> str:
+    """A one-worker ferryman config: an http listener on ``port`` whose ``target`` lines
+    (``upstream = ...`` or ``routes = [...]``) say where requests go."""
+    return f"""
 [server]
 workers = 1
 log_level = "warning"
@@ -147,12 +198,83 @@ log_level = "warning"
 [listeners.http]
 addr = "127.0.0.1:{port}"
 protocol = "http"
-upstream = "origin"
+{target}
 
 [upstreams.origin]
 backends = ["127.0.0.1:{origin}"]
 """
+
+
+# the product path: three routes, the matched one (`site`, for /small and /1m) with a filter
+ROUTES = r"""routes = ["api", "assets", "site"]
+
+[routes.api]
+path = "/api"
+methods = ["GET", "POST"]
+upstream = "origin"
+
+[routes.assets]
+path = '~^/assets/.+\.(css|js)$'  # TOML literal string: no escapes
+upstream = "origin"
+
+[routes.site]
+path = "/"
+upstream = "origin"
+filters = ["hdr"]
+
+[filters.hdr]
+kind = "headers"
+request_set = { "X-Bench" = "1" }
+response_add = { "X-Served-By" = "ferryman" }
+"""
+ROUTES_MARK = b"\r\nx-served-by: ferryman"  # the `site` route's filter ran
+
+
+def start_ferryman_http(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
+    (port,) = free_ports(1)
+    conf = ferryman_conf(port, origin, 'upstream = "origin"')
     return Contender("ferryman", port, [start_ferryman(group, workdir, conf)])
+
+
+def start_ferryman_routes(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
+    (port,) = free_ports(1)
+    conf = ferryman_conf(port, origin, ROUTES)
+    svc = start_ferryman(group, workdir, conf, name="ferryman-routes")
+    return Contender("ferryman-routes", port, [svc], scenarios=ONLY_SMALL)
+
+
+def mitmdump_path() -> str | None:
+    """$MITMDUMP, a ``mitmdump`` on PATH, or the one in the benchmark venv."""
+    if os.environ.get("MITMDUMP"):
+        return os.environ["MITMDUMP"]
+    venv = MITM_VENV / "bin" / "mitmdump"
+    return find_tool("mitmdump") or (str(venv) if venv.exists() else None)
+
+
+def start_mitmproxy(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
+    (port,) = free_ports(1)
+    argv = [mitmdump_path() or "mitmdump", "--mode", f"reverse:http://127.0.0.1:{origin}",
+            "--listen-host", "127.0.0.1", "--listen-port", str(port), "-q",
+            "--set", f"confdir={workdir / 'mitmproxy'}"]  # its CA files stay in the temp dir
+    return Contender("mitmproxy", port, [group.start("mitmproxy", argv)], scenarios=ONLY_SMALL)
+
+
+def verify_routes(c: Contender) -> str | None:
+    """:func:`verify`, and the matched route's ``headers`` filter must have run."""
+    problem = verify(c)
+    if problem:
+        return problem
+    try:
+        _status, head, _body = http_get_full(c.ports, "/small")
+    except (OSError, ValueError) as exc:
+        return f"GET /small through it failed: {type(exc).__name__}: {exc}"
+    if ROUTES_MARK not in head.lower():
+        return f"GET /small: no X-Served-By from the `site` route's filter in {head[:300]!r}"
+    return None
+
+
+def check_verify(c: Contender) -> str | None:
+    return verify_routes(c) if c.name == "ferryman-routes" else verify(c)
 
 
 def verify(c: Contender) -> str | None:
@@ -180,22 +302,62 @@ def start(
         location = /1m {{
             root {www};
             default_type application/octet-stream;
+        }}
+        location = {STATUS_PATH} {{
+            stub_status;
         }}"""
     origin = start_origin_nginx(group, workdir, origin_port, locations)
+    ORIGIN["port"] = origin_port
     starters = {
         "direct": lambda: Contender("direct", origin_port),
         "nginx": lambda: start_nginx_proxy(group, workdir, origin_port),
         "haproxy": lambda: start_haproxy_http(group, workdir, origin_port),
         "ferryman": lambda: start_ferryman_http(group, workdir, origin_port),
+        "ferryman-routes": lambda: start_ferryman_routes(group, workdir, origin_port),
+        "mitmproxy": lambda: start_mitmproxy(group, workdir, origin_port),
     }
     contenders = [starters[n]() for n in names]
-    settle_contenders(contenders, lambda c: [c.ports], verify)
+    settle_contenders(contenders, lambda c: [c.ports], check_verify)
     return contenders, [origin]
+
+
+ORIGIN: dict[str, int] = {}  # "port" of the running origin, set by start()
+STUB_COUNTERS = re.compile(rb"requests\s+(\d+)\s+(\d+)\s+(\d+)")
+
+
+def origin_counters() -> tuple[int, int]:
+    """(connections accepted, requests) so far, from the origin's stub_status; each read is
+    one connection and one request itself."""
+    status, body = http_get(ORIGIN["port"], STATUS_PATH)
+    m = STUB_COUNTERS.search(body)
+    if status != 200 or not m:
+        raise ValueError(f"origin stub_status: {status} {body[:200]!r}")
+    return int(m.group(1)), int(m.group(3))
 
 
 def measure(scenario: str, c: Contender, duration: int) -> dict[str, Any]:
     path, conns, close = WRK_RUNS[scenario]
-    return run_wrk(f"http://127.0.0.1:{c.ports}{path}", duration, conns, close=close)
+    accepts0, requests0 = origin_counters()
+    rec = run_wrk(f"http://127.0.0.1:{c.ports}{path}", duration, conns, close=close)
+    accepts1, requests1 = origin_counters()
+    # minus the second status read's own connection and request
+    new_conns, requests = accepts1 - accepts0 - 1, requests1 - requests0 - 1
+    rec.update(origin_conns=new_conns, origin_requests=requests,
+               reuse=1 - new_conns / requests if requests > 0 else None)
+    return rec
+
+
+def check(names: list[str]) -> str | None:
+    """Why the requested contenders cannot run here (mitmdump missing), or None."""
+    if "mitmproxy" in names and mitmdump_path() is None:
+        return f"mitmproxy requested but no mitmdump found\ninstall with: {MITM_HINT}"
+    return None
+
+
+def extra_versions(names: list[str]) -> dict[str, str]:
+    if "mitmproxy" not in names:
+        return {}
+    return {"mitmproxy": tool_version([mitmdump_path() or "mitmdump", "--version"])}
 
 
 HARNESS = Harness(
@@ -209,8 +371,12 @@ HARNESS = Harness(
     install_hint=INSTALL_HINT,
     start=start,
     measure=measure,
+    check=check,
     notes=NOTES,
-    meta={"wrk": {"threads": 1, "runs": WRK_RUNS}},
+    meta={"wrk": {"threads": 1, "runs": WRK_RUNS}, "ferryman_routes": ROUTES},
+    optional={"mitmproxy": "mitmdump in reverse mode, small-keepalive only"},
+    comparisons=COMPARISONS,
+    extra_versions=extra_versions,
 )
 
 
