@@ -722,7 +722,7 @@ def scenario_table(
     reference: str,
 ) -> str:
     """One row per contender measured in ``scenario``: median, min–max, paired ratios to
-    ``reference`` and ``direct`` (if among ``names``), the ``sc.extra`` medians, proxy CPU per
+    ``reference`` and ``direct`` (those among ``names``), the ``sc.extra`` medians, proxy CPU per
     unit and the error counts."""
     by: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for rec in records:
@@ -733,7 +733,7 @@ def scenario_table(
             for k in range(1, rounds + 1)]
         for n in names
     }
-    with_direct = "direct" in names
+    with_direct, with_ref = "direct" in names, reference in names
     rows = []
     for n in names:
         if not by[n]:  # not measured in this scenario
@@ -748,7 +748,7 @@ def scenario_table(
             n,
             fmt_num(median(vals)),
             f"{fmt_num(min(vals))}–{fmt_num(max(vals))}" if vals else "—",
-            fmt_ratio(paired_ratio(values, n, reference)),
+            *([fmt_ratio(paired_ratio(values, n, reference))] if with_ref else []),
             *([fmt_ratio(paired_ratio(values, n, "direct"))] if with_direct else []),
             *((ex[2] if len(ex) > 2 else fmt_num)(
                 median([r[ex[1]] for r in ok if r.get(ex[1]) is not None]))
@@ -756,8 +756,10 @@ def scenario_table(
             fmt_num(median([c for c in (cpu_per_unit(r, sc) for r in by[n]) if c is not None])),
             errors or "0",
         ])
-    headers = ["contender", f"median {sc.unit}", "min–max", f"vs {reference}",
-               *(["vs direct"] if with_direct else []), *(ex[0] for ex in sc.extra), f"proxy {sc.cpu_unit}", "errors"]
+    headers = ["contender", f"median {sc.unit}", "min–max",
+               *([f"vs {reference}"] if with_ref else []),
+               *(["vs direct"] if with_direct else []),
+               *(ex[0] for ex in sc.extra), f"proxy {sc.cpu_unit}", "errors"]
     return markdown_table(headers, rows)
 
 

@@ -98,8 +98,8 @@ SCENARIOS = {
 }
 NOTES = (
     (
-        "Targets (issue): small-keepalive ≥ 0.8x nginx; large (1 MiB) and new-conn: see the "
-        "issue (the ratios are below)."
+        "Targets (issue): small-keepalive ≥ 0.8x nginx; ferryman ≥ 20x mitmproxy "
+        "(--with-mitmproxy); large (1 MiB) and new-conn: see the issue (the ratios are below)."
     ),
     (
         "Proxies: nginx `proxy_pass` to an `upstream` with `keepalive 64`, HTTP/1.1, "
@@ -342,9 +342,15 @@ def measure(scenario: str, c: Contender, duration: int) -> dict[str, Any]:
     accepts1, requests1 = origin_counters()
     # minus the second status read's own connection and request
     new_conns, requests = accepts1 - accepts0 - 1, requests1 - requests0 - 1
-    rec.update(origin_conns=new_conns, origin_requests=requests,
-               reuse=1 - new_conns / requests if requests > 0 else None)
+    rec.update(origin_conns=new_conns, origin_requests=requests, reuse=reuse(new_conns, requests))
     return rec
+
+
+def reuse(new_conns: int, requests: int) -> float | None:
+    """Share of ``requests`` that came on an already open connection. At least 0: with a
+    connection per request (direct new-conn) wrk's address probe and the connections cut at
+    the end of the run, accepted without a request, would push it just below."""
+    return max(0.0, 1 - new_conns / requests) if requests > 0 else None
 
 
 def check(names: list[str]) -> str | None:
