@@ -26,10 +26,7 @@ import hmac
 import logging
 import sys
 
-from ferryman import Peer, Server, bind_socket, parse_address
-from ferryman.http.hooks import ProxyHttp
-from ferryman.http.service import HttpProxyService
-from ferryman.http.session import Session
+from ferryman import HttpProxyService, Peer, ProxyHttp, Server, Session, bind_socket, parse_address
 from ferryman.net.listener import BindError
 
 log = logging.getLogger("auth_gate")

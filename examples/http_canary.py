@@ -26,10 +26,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 
-from ferryman import Peer, ProxyError, Server, bind_socket, parse_address
-from ferryman.http.hooks import ProxyHttp
-from ferryman.http.service import HttpProxyService
-from ferryman.http.session import Session
+from ferryman import HttpProxyService, Peer, ProxyError, ProxyHttp, Server, Session, bind_socket, parse_address
 from ferryman.net.listener import BindError
 
 log = logging.getLogger("canary")

@@ -154,10 +154,7 @@ class Runtime:
     async def apply(self, config: Config) -> None:
         old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
         upstreams = build_upstreams(config, old_upstreams)
-        filters = {name: old_filters[name] if name in old_filters and self.config and self.config.filters.get(name) == body else None
-                   for name, body in config.filters.items()}
-        fresh = build_filters(config.model_copy(update={"filters": {n: b for n, b in config.filters.items() if filters[n] is None}}))
-        filters = {name: kept or fresh[name] for name, kept in filters.items()}
+        filters = build_filters(config, old_filters, self.config)
         self.config, self.upstreams, self.filters = config, upstreams, filters
         listeners: dict[str, Listener] = {}
         changed, added = [], []

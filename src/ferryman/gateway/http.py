@@ -186,10 +186,15 @@ def key_function(spec: str) -> Callable[[Session], str]:
 
 
 # building ------------------------------------------------------------------------------------
-def build_filters(config: Config) -> dict[str, Filter]:
-    """One instance per configured filter (shared by the routes naming it)."""
+def build_filters(config: Config, previous: dict[str, Filter] | None = None, previous_config: Config | None = None) -> dict[str, Filter]:
+    """One instance per configured filter (shared by the routes naming it). On reload, a
+    filter whose table did not change is kept (with its state, e.g. rate counters)."""
     out = {}
     for name, body in config.filters.items():
+        old = (previous or {}).get(name)
+        if old is not None and previous_config is not None and previous_config.filters.get(name) == body:
+            out[name] = old
+            continue
         cls = lookup(body["kind"])
         out[name] = cls(name, cls.Config.model_validate({k: v for k, v in body.items() if k != "kind"}))
     return out
