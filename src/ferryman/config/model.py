@@ -29,6 +29,8 @@ class ServerConfig(Strict):
     grace_period: Duration = 5.0
     pid_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    resolvers: list[SocketAddress] = []  # DNS servers for backend names; empty: the system's (getaddrinfo)
+    watch: bool = False  # reload when the config file changes (as well as on SIGHUP)
 
 
 class DemoConfig(Strict):
@@ -43,12 +45,37 @@ class TcpKeepaliveConfig(Strict):
     count: int = Field(default=6, ge=1, le=127)
 
 
+def _check_probe_path(text: str) -> str:
+    if not text.startswith("/") or any(c in text for c in " \r\n\t"):
+        raise ValueError(f"{text!r}: expected an origin-form path such as /healthz (no spaces)")
+    return text
+
+
 class HealthCheckConfig(Strict):
-    kind: Literal["tcp"] = "tcp"
+    """Active checks: ``tcp`` connects; ``http`` sends a request and checks the status."""
+
+    kind: Literal["tcp", "http"] = "tcp"
     interval: Duration = 5.0
     timeout: Duration = 2.0
     rise: int = Field(default=2, ge=1, le=100)
     fall: int = Field(default=3, ge=1, le=100)
+    # http
+    path: Annotated[str, AfterValidator(_check_probe_path)] = "/"
+    method: Literal["GET", "HEAD"] = "GET"
+    host: str | None = None  # Host header; default: the backend's address
+    expect_status: list[Annotated[int, Field(ge=100, le=999)]] = []  # empty: any 2xx or 3xx
+    headers: dict[str, str] = {}
+
+
+class PassiveHealthConfig(Strict):
+    """Eject a backend after ``max_fails`` failures within ``fail_window`` (connect errors,
+    timeouts, resets, and 5xx answers when ``count_5xx``) for ``cool_down``; then one probe
+    (the active check's kind) decides whether it comes back."""
+
+    max_fails: int = Field(default=3, ge=1, le=10000)
+    fail_window: Duration = 10.0
+    cool_down: Duration = 10.0
+    count_5xx: bool = True
 
 
 def parse_member(text: str) -> tuple[str, int]:
@@ -82,6 +109,10 @@ def _check_hash_key(text: str) -> str:
     raise ValueError(f"{text!r}: expected client_ip, uri, header:NAME or cookie:NAME")
 
 
+RetryCondition = Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504", "http_429"]
+"""``error``: connect failure, reset or close before the answer; ``timeout``: connect or read
+timeout before the answer; ``http_NNN``: that status (only for requests without a body)."""
+
 BackendSpec = Annotated[str, AfterValidator(_check_backend)]
 HashKey = Annotated[str, AfterValidator(_check_hash_key)]
 MemberSpec = Annotated[str, AfterValidator(_check_member)]
@@ -101,10 +132,18 @@ class UpstreamConfig(Strict):
     bind_to: SocketAddress | None = None
     connect_proxy: SocketAddress | None = None  # reach backends through an HTTP CONNECT proxy
     health_check: HealthCheckConfig | None = None
+    passive_health: PassiveHealthConfig | None = None
+    # backends given as DNS names: resolved at load, then every resolve_interval (0: never again)
+    resolve_interval: Duration = 30.0
+    ipv4_only: bool = False
     # http upstreams
     read_timeout: Duration = 60.0
     pool_size: int = Field(default=128, ge=0)
     pool_idle_timeout: Duration = 60.0
+    # when a request may go to the next backend (nginx's proxy_next_upstream)
+    retry_on: list[RetryCondition] = ["error", "timeout"]
+    retry_non_idempotent: bool = False  # retry POST/PATCH/... after they were sent
+    retry_timeout: Duration | None = None  # no new try after this long since the first
 
     @model_validator(mode="after")
     def _one_source(self) -> "UpstreamConfig":
@@ -235,6 +274,7 @@ __all__ = [
     "Config",
     "DemoConfig",
     "HealthCheckConfig",
+    "PassiveHealthConfig",
     "HeaderEdits",
     "ListenerConfig",
     "RouteConfig",
