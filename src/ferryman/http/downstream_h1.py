@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..net.detach import detach
 from ..net.reactor import reactor_for
+from ..net.sweep import INF
 from ..net.sendfile import send_file
 from ..protocol.h1.events import Data, EndOfMessage, H1Error, RequestHead
 from ..protocol.h1.parser import RequestParser
@@ -46,7 +47,7 @@ class DownstreamH1(asyncio.Protocol):
         self.write_paused = False
         self.requests = 0
         self._read_pauses: set[object] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = INF  # when the current timeout (header, body, keep-alive) expires; see net/sweep.py
         self._head_started = False  # bytes of the next request head have arrived
         self.body_activity = 0.0  # loop time of the last request body bytes
         self.pending_file: tuple[int, int, int] | None = None  # fd, offset, count
@@ -306,36 +307,34 @@ class DownstreamH1(asyncio.Protocol):
         if self.exchange is None:
             self.close()
 
-    # timers ----------------------------------------------------------------------------------
+    # timeouts (checked by the service's DeadlineSweep) ---------------------------------------
     def _arm_timer(self, timeout: float | None) -> None:
-        self._cancel_timer()
-        if timeout:
-            self._timer = self.loop.call_later(timeout, self._on_timeout)
+        self.deadline = self.loop.time() + timeout if timeout else INF
 
-    def _check_body_progress(self, exchange: Exchange) -> None:
+    def _cancel_timer(self) -> None:
+        self.deadline = INF
+
+    def _check_body_progress(self, exchange: Exchange, now: float) -> None:
         """Body read timeout: time spent paused by backpressure does not count."""
         timeout = self.service.body_timeout
-        now = self.loop.time()
         if self._read_pauses:
             self.body_activity = now
         deadline = self.body_activity + timeout  # type: ignore[operator]
         if now >= deadline:
+            self.deadline = INF
             exchange.on_request_body_timeout(timeout)  # type: ignore[arg-type]
         else:
-            self._timer = self.loop.call_at(deadline, self._on_timeout)
+            self.deadline = deadline
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def on_deadline(self, now: float) -> None:
         exchange = self.exchange
         if exchange is not None:
             if not exchange.request_done:
-                self._check_body_progress(exchange)
+                self._check_body_progress(exchange, now)
+            else:
+                self.deadline = INF
             return
+        self.deadline = INF
         if self._head_started:  # a head that did not complete in time (slowloris)
             self._reject(H1Error(408, "request head not received in time"))
         else:

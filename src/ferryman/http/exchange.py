@@ -68,8 +68,8 @@ class Exchange:
         self.resp_ended = False
         self.resp_trailers: list[tuple[bytes, bytes]] = []
         self.body_filters = False  # decided once the response head went through the filters
-        self.last_activity = self.loop.time()
-        self._read_timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+        self.read_timeout: float | None = None  # set while the upstream owes us bytes (sweep-checked)
 
     # the phase driver ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -476,29 +476,29 @@ class Exchange:
         elif not self.done.done():
             self.done.set_exception(error)
 
-    # read timeout ----------------------------------------------------------------------------
+    # read timeout (checked by the service's sweep) ----------------------------------------------
     def _arm_read_timer(self) -> None:
         timeout = self.session.read_timeout
-        if timeout and self._read_timer is None:
+        if timeout and self.read_timeout is None:
             self.last_activity = self.loop.time()
-            self._read_timer = self.loop.call_at(self.last_activity + timeout, self._on_read_timer)
+            self.read_timeout = timeout
+            if timeout < self.service.read_timeout_floor:
+                self.service.tighten(timeout)
 
-    def _on_read_timer(self) -> None:
-        timeout = self.session.read_timeout
-        deadline = self.last_activity + timeout
+    def check_read_timeout(self, now: float) -> None:
+        """The sweep's check: the upstream sent nothing for ``read_timeout`` seconds. Time a
+        slow client keeps us from reading (downstream write paused) does not count."""
+        timeout = self.read_timeout
         if self.done.done() or self.tunnel:
-            self._read_timer = None
-            return
-        if self.loop.time() >= deadline and not self.downstream.write_paused:
-            self._read_timer = None
+            self.read_timeout = None
+        elif self.downstream.write_paused:
+            self.last_activity = now
+        elif now - self.last_activity >= timeout:  # type: ignore[operator]
+            self.read_timeout = None
             self._upstream_failed(ProxyError(ErrorKind.READ_TIMEOUT, ErrorSource.UPSTREAM, context=f"{self.session.peer.name} sent nothing for {timeout:g}s"))
-        else:
-            self._read_timer = self.loop.call_at(max(deadline, self.loop.time() + 0.1), self._on_read_timer)
 
     def _cancel_timer(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        self.read_timeout = None
 
     # tunnel (after 101 Switching Protocols or CONNECT) -----------------------------------------
     async def _open_tunnel(self, upstream_sock: socket.socket | None) -> None:

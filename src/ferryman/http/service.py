@@ -8,6 +8,7 @@ import socket
 
 from ..net.connect import Connector
 from ..net.pump import PipePool
+from ..net.sweep import DeadlineSweep, tick_for
 from ..upstream.pool import ConnectionPool
 from .hooks import ProxyHttp, overrides
 
@@ -85,12 +86,24 @@ class HttpProxyService:
         self.exchanges: set = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
+        self._sweep: DeadlineSweep | None = None
+        self.read_timeout_floor = min((t for t in (header_timeout, body_timeout, keepalive_timeout, upstream_read_timeout) if t), default=60.0)
 
     @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:
             self._pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
         return self._pool
+
+    def _check_read_timeouts(self, now: float) -> None:
+        for exchange in [e for e in self.exchanges if e.read_timeout is not None]:
+            exchange.check_read_timeout(now)
+
+    def tighten(self, timeout: float) -> None:
+        """A request uses a read timeout shorter than any configured here: sweep faster."""
+        self.read_timeout_floor = timeout
+        if self._sweep is not None:
+            self._sweep.tighten(timeout)
 
     @property
     def pipes(self) -> PipePool:
@@ -103,6 +116,8 @@ class HttpProxyService:
         from .downstream_h1 import DownstreamH1
 
         self.loop = asyncio.get_running_loop()
+        self._sweep = DeadlineSweep(self.loop, self.connections, tick_for((self.read_timeout_floor,)), self._check_read_timeouts)
+        self._sweep.start()
         self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog)
 
     def stop_accepting(self) -> None:
@@ -118,6 +133,8 @@ class HttpProxyService:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
+        if self._sweep is not None:
+            self._sweep.stop()
         if self._pool is not None:
             self._pool.close()
         if self._pipes is not None:
