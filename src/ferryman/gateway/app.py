@@ -23,7 +23,8 @@ from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
 from ..server.workers import run_workers
 from .http import build_filters, build_http_service, build_router
-from .l4 import CountingGatewayL4, GatewayL4, _counts_connections, build_listener_service
+from .http import counts_connections
+from .l4 import CountingGatewayL4, GatewayL4, build_listener_service
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class Runtime:
             service.app.router = build_router(self.config, cfg, self.upstreams, self.filters)  # type: ignore[arg-type]
         else:
             upstream = self.upstreams[cfg.upstream]  # type: ignore[index]
-            app = (CountingGatewayL4 if _counts_connections(upstream) else GatewayL4)(upstream)
+            app = (CountingGatewayL4 if counts_connections(upstream.balancer) else GatewayL4)(upstream)
             if type(app) is not type(service.app):
                 return False
             service.app = app

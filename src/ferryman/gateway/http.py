@@ -24,13 +24,15 @@ from ..net.connect import Connector, Peer
 from ..observability.accesslog import AccessLog
 from ..routing import PathRewrite, RouteSpec, RouteTable, normalize_host, split_target
 from ..runtime.upstreams import Candidates, Upstream
+from ..upstream.backend import Backend
+from ..upstream.retry import RetryPolicy
 
 
 class Route:
     """One compiled route: its upstream and, per phase, only the filters implementing it."""
 
     __slots__ = (
-        "name", "upstream", "hash_key", "rewrite", "read_timeout", "max_body", "access_log",
+        "name", "upstream", "hash_key", "rewrite", "read_timeout", "max_body", "access_log", "retry", "counts",
         "request_filters", "upstream_request_filters", "response_filters", "body_filters",
     )
 
@@ -43,6 +45,8 @@ class Route:
         self.read_timeout = read_timeout if read_timeout is not None else (upstream.config.read_timeout if upstream else None)
         self.max_body = max_body
         self.access_log = access_log
+        self.retry = RetryPolicy.from_config(upstream.config) if upstream is not None else RetryPolicy(())
+        self.counts = upstream is not None and counts_connections(upstream.balancer)  # least_conn / p2c
         self.request_filters = _phase(filters, "request_filter")
         self.upstream_request_filters = _phase(filters, "upstream_request_filter")
         self.response_filters = _phase(filters, "response_filter")
@@ -73,11 +77,14 @@ class Router:
 class Ctx:
     """Per-request state of the gateway (``session.ctx``)."""
 
-    __slots__ = ("route", "candidates")
+    __slots__ = ("route", "candidates", "backend", "counted", "stale_retry")
 
     def __init__(self, route: Route) -> None:
         self.route = route
         self.candidates: Candidates | None = None
+        self.backend: Backend | None = None  # of the current attempt
+        self.counted: Backend | None = None  # its ``active`` was raised (least_conn / p2c)
+        self.stale_retry = False  # the next attempt goes to the same backend (a pooled connection had closed)
 
 
 class GatewayHttp(ProxyHttp):
@@ -102,6 +109,8 @@ class GatewayHttp(ProxyHttp):
         session.ctx = Ctx(route)
         if route.read_timeout is not None:
             session.read_timeout = route.read_timeout
+        if route.retry.timeout is not None:
+            session.retry_until = session.digest.start + route.retry.timeout
         length = session.request.body.length
         if route.max_body is not None and length is not None and length > route.max_body:
             session.respond_error(413, f"the body is over this route's limit of {route.max_body} bytes")
@@ -128,10 +137,57 @@ class GatewayHttp(ProxyHttp):
         upstream = ctx.route.upstream
         if upstream is None:
             raise ProxyError(ErrorKind.NO_BACKEND, ErrorSource.INTERNAL, context=f"route {ctx.route.name!r} has no upstream and no filter answered")
-        if ctx.candidates is None:
-            key = ctx.route.hash_key(session) if ctx.route.hash_key is not None else ""
-            ctx.candidates = upstream.candidates(key)
-        return upstream.peer_for(upstream.next_backend(ctx.candidates, session.last_error))
+        if ctx.stale_retry:
+            ctx.stale_retry = False
+            backend = ctx.backend
+        else:
+            if ctx.candidates is None:
+                key = ctx.route.hash_key(session) if ctx.route.hash_key is not None else ""
+                ctx.candidates = upstream.candidates(key)
+            backend = upstream.next_backend(ctx.candidates, session.last_error)
+            ctx.backend = backend
+            if ctx.route.retry.statuses:  # an answer is dropped for a retry only if a backend is left
+                session.retry_statuses = ctx.route.retry.statuses if ctx.candidates.has_more() else frozenset()
+        if ctx.route.counts:
+            _uncount(ctx)
+            backend.active += 1
+            ctx.counted = backend
+        return upstream.peer_for(backend)  # type: ignore[arg-type]
+
+    def fail_to_connect(self, session: Session, peer: Peer, error: ProxyError) -> ProxyError:
+        ctx = session.ctx
+        if ctx is None or ctx.backend is None:  # CONNECT through a forward-proxy listener
+            return error
+        passive = ctx.backend.passive
+        if passive is not None:
+            passive.failure(ctx.backend, str(error))
+        # with no backend left a retry could only fail again, logging the same failure twice
+        error.retry = ctx.route.retry.connect_failed(error) and ctx.candidates.has_more()  # type: ignore[union-attr]
+        return error
+
+    def error_while_proxy(self, session: Session, peer: Peer, error: ProxyError, reused: bool) -> ProxyError:
+        ctx = session.ctx
+        stale = reused and error.kind in _CLOSED and session.retry_safe  # the pool's connection had closed
+        if ctx is None or ctx.backend is None:
+            error.retry = stale
+            return error
+        if stale and not ctx.stale_retry and session.tries == 0:
+            ctx.stale_retry = True
+            error.retry = True
+            return error
+        passive = ctx.backend.passive
+        if passive is not None:
+            if error.kind is ErrorKind.UPSTREAM_STATUS:
+                passive.response(ctx.backend, session.response_status or 500)
+            else:
+                passive.failure(ctx.backend, str(error))
+        error.retry = ctx.route.retry.failed(session.upstream_method, error) and ctx.candidates.has_more()  # type: ignore[union-attr]
+        return error
+
+    def upstream_response_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+        ctx = session.ctx
+        if ctx is not None and ctx.backend is not None and ctx.backend.passive is not None:
+            ctx.backend.passive.response(ctx.backend, session.response_status)
 
     async def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
         ctx = session.ctx
@@ -157,8 +213,27 @@ class GatewayHttp(ProxyHttp):
 
     async def logging(self, session: Session, error: ProxyError | None) -> None:
         ctx = session.ctx
+        if ctx is not None and ctx.counted is not None:
+            _uncount(ctx)
         if self.access_log is not None and (ctx is None or ctx.route.access_log):
             self.access_log.log(session, error)
+
+
+_CLOSED = (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET)
+
+
+def _uncount(ctx: Ctx) -> None:
+    if ctx.counted is not None:
+        ctx.counted.active -= 1
+        ctx.counted = None
+
+
+def counts_connections(member: Any) -> bool:
+    """True when some balancer under this member picks by open connections (least_conn, p2c)."""
+    lb = getattr(member, "lb", None)
+    if lb is not None:
+        return lb in ("least_conn", "p2c")
+    return any(counts_connections(child) for child in getattr(member, "members", ()))
 
 
 def key_function(spec: str) -> Callable[[Session], str]:

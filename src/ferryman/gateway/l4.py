@@ -16,6 +16,7 @@ from ..net.listener import bind_socket
 from ..net.pump import PipePool
 from ..runtime.upstreams import Upstream
 from ..upstream.backend import Backend
+from .http import counts_connections
 
 
 class _Pick:
@@ -44,6 +45,9 @@ class GatewayL4(ProxyL4):
         return self.upstream.peer_for(backend)
 
     def fail_to_connect(self, session: L4Session, peer: Peer, error: ProxyError) -> ProxyError:
+        backend = session.ctx.backend
+        if backend.passive is not None:
+            backend.passive.failure(backend, str(error))
         # with no backend left a retry could only fail again, logging the same failure twice
         if error.retry and not session.candidates.has_more():
             error.retry = False
@@ -66,16 +70,6 @@ class CountingGatewayL4(GatewayL4):
             pick.counted = False
 
 
-def _counts_connections(upstream: Upstream) -> bool:
-    """True when some balancer under this upstream picks by open connections."""
-    return _uses_active(upstream.balancer)
-
-
-def _uses_active(member: Any) -> bool:
-    lb = getattr(member, "lb", None)
-    if lb is not None:
-        return lb in ("least_conn", "p2c")
-    return any(_uses_active(child) for child in getattr(member, "members", ()))
 
 
 def build_listener_service(
@@ -85,7 +79,7 @@ def build_listener_service(
     udp = cfg.protocol == "udp"
     if sock is None:
         sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
-    app = CountingGatewayL4(upstream) if _counts_connections(upstream) else GatewayL4(upstream)
+    app = CountingGatewayL4(upstream) if counts_connections(upstream.balancer) else GatewayL4(upstream)
     if udp:
         return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)
     return TcpProxyService(

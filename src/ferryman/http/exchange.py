@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BODY_BUFFER_LIMIT = 64 * 1024  # bytes held while the other side is not ready, then pause reading
 TUNNEL_FLUSH_TIMEOUT = 10.0  # seconds for pending bytes to leave before a tunnel moves to splice
+INF = float("inf")
 _CHUNKED = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE = (b"connection", b"close")
 
@@ -129,7 +130,12 @@ class Exchange:
             s.peer = peer
             try:
                 await self._acquire(peer)
-                return await self._send_request()
+                head = await self._send_request()
+                if head.status in s.retry_statuses and self._may_retry(tries - 1):
+                    s.response_status = head.status
+                    # the policy sends this answer's request to the next backend; its body is not read
+                    raise ProxyError(ErrorKind.UPSTREAM_STATUS, ErrorSource.UPSTREAM, retry=True, context=f"{peer.name} answered {head.status}")
+                return head
             except ProxyError as exc:
                 if self.upstream is not None:
                     if self.service.has["error_while_proxy"] or exc.kind in (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET):
@@ -137,10 +143,23 @@ class Exchange:
                     self._abort_upstream()
                 s.tries += 1
                 s.last_error = exc
-                if not exc.retry or s.tries >= tries or not self._can_resend():
+                if not exc.retry or not self._may_retry(tries):
                     raise
                 log.info("%s: %s: %s; retrying", self.service.name, app.request_summary(s), exc)
-                self.head_future = self.loop.create_future()
+                self._reset_response()
+
+    def _may_retry(self, tries: int) -> bool:
+        """Another attempt may start: fewer than ``tries`` failed so far, time left, and the
+        request can be resent."""
+        s = self.session
+        return s.tries < tries and self._can_resend() and (s.retry_until == INF or self.loop.time() < s.retry_until)
+
+    def _reset_response(self) -> None:
+        """Forget what an abandoned attempt received."""
+        self.head_future = self.loop.create_future()
+        self.resp_buffer.clear()
+        self.resp_ended = False
+        self.resp_trailers = []
 
     def _can_resend(self) -> bool:
         """A request whose body already went (partly) upstream cannot be sent again."""

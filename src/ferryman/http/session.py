@@ -7,8 +7,9 @@ from typing import Any
 from ..errors import ProxyError
 from ..protocol.h1.events import RequestHead
 from ..protocol.h1.serializer import response_head
+from ..upstream.retry import IDEMPOTENT
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+INF = float("inf")
 
 
 class Digest:
@@ -36,7 +37,7 @@ class Session:
         "request", "client_addr", "local_addr", "tls", "ctx", "digest", "peer", "tries",
         "last_error", "response_status", "response_headers", "response_sent", "bytes_sent",
         "body_bytes_received", "upstream_method", "upstream_target", "route", "vars", "filter_body", "read_timeout",
-        "_downstream",
+        "retry_statuses", "retry_until", "_downstream",
     )
 
     def __init__(self, request: RequestHead, client_addr: Any, local_addr: Any, downstream: Any, *, tls: bool = False) -> None:
@@ -60,6 +61,8 @@ class Session:
         self.vars: dict[str, Any] = {}  # per-request values of filters and apps (e.g. request_id)
         self.filter_body = downstream.service.has_response_body_filters  # run the body filters
         self.read_timeout = downstream.service.upstream_read_timeout  # between upstream reads
+        self.retry_statuses: frozenset[int] = frozenset()  # answers that go to the next try instead (bodyless requests)
+        self.retry_until = INF  # loop time after which no new try starts
         self._downstream = downstream
 
     # request facts -----------------------------------------------------------------------

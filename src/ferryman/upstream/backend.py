@@ -7,6 +7,7 @@ one algorithm are seen by all (and by the health checker) without copying.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..net.addr import Address, parse_address
 
@@ -24,6 +25,7 @@ class Backend:
     healthy: bool = True
     active: int = 0
     key: str = field(default="")
+    passive: Any = field(default=None, repr=False)  # the owning upstream's PassiveHealth, if any
 
     def __post_init__(self) -> None:
         if not self.key:
