@@ -585,3 +585,43 @@ backends = ["127.0.0.1:9000"]
     with pytest.raises(ConfigError) as info:
         load_text(text)
     assert [path for path, _ in info.value.errors] == ["listeners.web.proxy_protocol"]
+
+
+# route edits, member health and sizes (checked at load, so `ferryman check` reports them) ---------
+def _errors(text: str) -> str:
+    try:
+        load_text('[upstreams.u]\nbackends = ["127.0.0.1:1"]\n' + text)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+ROUTE_W = '[listeners.w]\naddr = "127.0.0.1:0"\nprotocol = "http"\nroutes = ["r"]\n'
+
+
+def test_a_route_redirect_with_an_unknown_variable_is_reported_with_its_path() -> None:
+    assert "routes.r.redirect: 'https://x$nosuch': unknown variable $nosuch" in _errors(ROUTE_W + '[routes.r]\nredirect = "https://x$nosuch"')
+
+
+def test_route_header_edits_and_methods_are_checked_with_their_paths() -> None:
+    errors = _errors(ROUTE_W + '[routes.r]\nupstream = "u"\nmethods = ["GE T"]\nrequest_headers = { set = { "content-length" = "1" } }')
+    assert "routes.r.methods[0]: 'GE T' is not an HTTP method token" in errors
+    assert "routes.r.request_headers.set.content-length:" in errors
+
+
+def test_health_on_a_members_upstream_is_refused() -> None:
+    errors = _errors('[upstreams.p]\nmembers = ["u"]\n[upstreams.p.health_check]\ninterval = "1s"')
+    assert "upstreams.p.health_check: set it on the member upstreams" in errors
+
+
+def test_zero_health_check_interval_is_refused() -> None:
+    assert "upstreams.u.health_check.interval: Input should be greater than 0" in _errors('[upstreams.u.health_check]\ninterval = "0s"')
+
+
+def test_sizes_accept_binary_unit_names() -> None:
+    from ferryman.config.types import parse_size
+
+    assert parse_size("10MiB") == parse_size("10m") == parse_size("10 mb") == 10 * 1024**2
+    assert parse_size("1GiB") == 1024**3
+    with pytest.raises(ValueError):
+        parse_size("10 MiBs")

@@ -17,6 +17,9 @@ from ..upstream.backend import Backend, parse_backend
 from .types import Duration, Network, Size, SocketAddress
 
 
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
 class Strict(BaseModel):
     """Base: unknown keys are errors, instances are immutable, and values keep their TOML
     type (strict: ``workers = "2"`` or ``workers = true`` is an error, not a coercion)."""
@@ -55,8 +58,8 @@ class HealthCheckConfig(Strict):
     """Active checks: ``tcp`` connects; ``http`` sends a request and checks the status."""
 
     kind: Literal["tcp", "http"] = "tcp"
-    interval: Duration = 5.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 2.0
     rise: int = Field(default=2, ge=1, le=100)
     fall: int = Field(default=3, ge=1, le=100)
     # http
@@ -73,8 +76,8 @@ class PassiveHealthConfig(Strict):
     (the active check's kind) decides whether it comes back."""
 
     max_fails: int = Field(default=3, ge=1, le=10000)
-    fail_window: Duration = 10.0
-    cool_down: Duration = 10.0
+    fail_window: PositiveDuration = 10.0
+    cool_down: PositiveDuration = 10.0
     count_5xx: bool = True
 
 

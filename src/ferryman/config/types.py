@@ -34,7 +34,10 @@ def parse_duration(value: object) -> float:
     return total
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+_SIZE_UNITS = {
+    "": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
+}
 
 
 def parse_size(value: object) -> int:
@@ -43,11 +46,12 @@ def parse_size(value: object) -> int:
         return value
     if isinstance(value, str):
         text = value.strip().lower()
-        number = text.rstrip("kmgb")
+        number = text.rstrip("kmgib")
         unit = text[len(number):]
+        number = number.rstrip()
         if number.isdigit() and unit in _SIZE_UNITS:
             return int(number) * _SIZE_UNITS[unit]
-    raise ValueError(f"{value!r} is not a size; use bytes or a number with k, m or g (\"10m\")")
+    raise ValueError(f"{value!r} is not a size; use bytes or a number with k, m or g (\"10m\", \"10MiB\")")
 
 
 def _to_address(value: object) -> Address:

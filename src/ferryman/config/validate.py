@@ -6,7 +6,10 @@ every problem at once even when some tables are also structurally wrong.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from pydantic import ValidationError
 
 from ..net.addr import Address, parse_address
 from .model import parse_member
@@ -24,6 +27,56 @@ def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     errors += _check_routes(listeners, routes, upstreams, filters)
     errors += check_filters(filters)
     errors += _check_access_logs(listeners)
+    errors += _check_route_edits(routes)
+    errors += _check_member_health(upstreams)
+    return errors
+
+
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_route_edits(routes: dict) -> list[tuple[str, str]]:
+    """A route's redirect, header edits and methods become filters and matchers at build
+    time; check them here so ``ferryman check`` (and a reload) reports them with their path."""
+    from ..filters.registry import lookup
+    from .load import pydantic_errors
+
+    errors: list[tuple[str, str]] = []
+    for name, route in routes.items():
+        for index, method in enumerate(route.get("methods") or []):
+            if isinstance(method, str) and not _METHOD.fullmatch(method):
+                errors.append((f"routes.{name}.methods[{index}]", f"{method!r} is not an HTTP method token"))
+        redirect = route.get("redirect")
+        if isinstance(redirect, str):
+            body = {"to": redirect}
+            if isinstance(route.get("redirect_status"), int):
+                body["status"] = route["redirect_status"]
+            try:
+                lookup("redirect").Config.model_validate(body)
+            except ValidationError as exc:
+                errors.extend((f"routes.{name}.redirect", message) for _, message in pydantic_errors(exc))
+        for side in ("request", "response"):
+            edits = route.get(f"{side}_headers")
+            if not isinstance(edits, dict):
+                continue
+            body = {f"{side}_{op}": value for op, value in edits.items() if op in ("set", "add", "remove")}
+            try:
+                lookup("headers").Config.model_validate(body)
+            except ValidationError as exc:
+                for path, message in pydantic_errors(exc):
+                    rest = path.removeprefix(f"{side}_")
+                    errors.append((f"routes.{name}.{side}_headers.{rest}", message))
+    return errors
+
+
+def _check_member_health(upstreams: dict) -> list[tuple[str, str]]:
+    """Health belongs to the upstreams that list backends; a members upstream uses theirs."""
+    errors = []
+    for name, upstream in upstreams.items():
+        if upstream.get("members"):
+            for key in ("health_check", "passive_health"):
+                if key in upstream:
+                    errors.append((f"upstreams.{name}.{key}", "set it on the member upstreams that list backends; a members upstream uses their health"))
     return errors
 
 
