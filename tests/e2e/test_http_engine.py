@@ -308,3 +308,36 @@ async def test_respond_file_sends_a_file_range_by_sendfile_then_keeps_serving() 
         finally:
             await client.close()
             await stop(proxy, server)
+
+
+async def test_connections_opened_with_a_proxy_header_are_not_shared_between_clients() -> None:
+    """Each pooled connection that began with a PROXY header names one client; a second
+    client must get its own connection (and header), never the first client's."""
+    headers: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers.append((await reader.readuntil(b"\r\n")).strip())
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=2.0, proxy_protocol=1)))
+    clients = []
+    try:
+        for _ in range(2):
+            client = await Client.open(proxy)
+            clients.append(client)
+            for _ in range(2):  # the second request of a client reuses its connection
+                client.send(get("/"))
+                assert (await client.response())[0] == 200
+            await client.close()
+        ports = [c.writer.get_extra_info("sockname")[1] for c in clients]
+        assert len(headers) == 2, headers
+        assert [int(h.split()[4]) for h in headers] == ports  # PROXY TCP4 src dst sport dport
+    finally:
+        await stop(proxy, server)

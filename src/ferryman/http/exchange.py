@@ -168,7 +168,9 @@ class Exchange:
     async def _acquire(self, peer: Any) -> None:
         """A pooled connection to ``peer`` or a new one (failover decided by fail_to_connect)."""
         svc, s = self.service, self.session
-        key = (peer.address, peer.proxy, peer.proxy_protocol)
+        # a connection that began with a PROXY header speaks for one client only (HAProxy
+        # makes such connections private too): its pool key includes that client
+        key = (peer.address, peer.proxy, peer.proxy_protocol, s.client_addr if peer.proxy_protocol else None)
         conn = svc.pool.get(key)
         self.reused = conn is not None
         if conn is None:
