@@ -341,3 +341,65 @@ async def test_connections_opened_with_a_proxy_header_are_not_shared_between_cli
         assert [int(h.split()[4]) for h in headers] == ports  # PROXY TCP4 src dst sport dport
     finally:
         await stop(proxy, server)
+
+
+async def _echo_forwarded_origin() -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                xff = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"x-forwarded-for:")]
+                body = xff[0] if xff else b"-"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_an_http_listener_accepting_proxy_headers_uses_their_client_address() -> None:
+    from ferryman.protocol import proxy_protocol
+
+    server, port = await _echo_forwarded_origin()
+    proxy = await start_proxy(App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=2.0)), accept_proxy=True)
+    try:
+        v1 = await Client.open(proxy)
+        v1.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n" + get("/") + get("/"))
+        assert (await v1.response())[2] == b"203.0.113.7"
+        assert (await v1.response())[2] == b"203.0.113.7"  # the whole connection speaks for that client
+        await v1.close()
+        v2 = await Client.open(proxy)
+        header = proxy_protocol.build(2, ("2001:db8::1", 4444), ("::1", 80))
+        for byte in header:  # a header split across reads
+            v2.send(bytes([byte]))
+            await v2.writer.drain()
+        v2.send(get("/"))
+        assert (await v2.response())[2] == b"2001:db8::1"
+        await v2.close()
+        bad = await Client.open(proxy)
+        bad.send(get("/"))  # no header: the connection is closed without an answer
+        assert await bad.closed()
+        await bad.close()
+    finally:
+        await stop(proxy, server)
+
+
+async def test_clients_outside_the_trusted_networks_need_no_proxy_header() -> None:
+    import ipaddress
+
+    server, port = await _echo_forwarded_origin()
+    app = App(Peer(parse_address(f"127.0.0.1:{port}"), connect_timeout=2.0))
+    proxy = await start_proxy(app, accept_proxy=True, proxy_trusted=[ipaddress.ip_network("10.0.0.0/8")], proxy_header_timeout=0.3)
+    slow = await start_proxy(app, accept_proxy=True, proxy_header_timeout=0.2)
+    try:
+        client = await Client.open(proxy)
+        client.send(get("/"))
+        assert (await client.response())[2] == b"127.0.0.1"
+        await client.close()
+        idle = await Client.open(slow)
+        idle.send(b"PROXY TCP4 1.2.3.4")  # never completed: closed after the timeout
+        assert await asyncio.wait_for(idle.closed(), 5)
+        await idle.close()
+    finally:
+        await stop(proxy, slow, server)

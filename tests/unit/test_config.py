@@ -572,19 +572,18 @@ def test_bad_sizes_are_rejected(bad: object) -> None:
         parse_size(bad)
 
 
-def test_http_listener_refuses_proxy_protocol_for_now() -> None:
+def test_http_listener_accepts_proxy_protocol() -> None:
     text = """
 [listeners.web]
 addr = "127.0.0.1:8080"
 protocol = "http"
 upstream = "app"
 proxy_protocol = true
+proxy_protocol_trusted = ["10.0.0.0/8"]
 [upstreams.app]
 backends = ["127.0.0.1:9000"]
 """
-    with pytest.raises(ConfigError) as info:
-        load_text(text)
-    assert [path for path, _ in info.value.errors] == ["listeners.web.proxy_protocol"]
+    assert load_text(text).listeners["web"].proxy_protocol is True
 
 
 # route edits, member health and sizes (checked at load, so `ferryman check` reports them) ---------

@@ -154,8 +154,6 @@ def _check_listener_upstreams(listeners: dict, upstreams: dict) -> list[tuple[st
         udp = listener.get("protocol") == "udp"
         if udp and listener.get("proxy_protocol") is True:
             errors.append((f"listeners.{name}.proxy_protocol", "not supported for UDP listeners"))
-        elif listener.get("protocol") == "http" and listener.get("proxy_protocol") is True:
-            errors.append((f"listeners.{name}.proxy_protocol", "accepting PROXY headers on http listeners is not supported yet; use a tcp listener"))
         elif listener.get("proxy_protocol_trusted") and listener.get("proxy_protocol") is not True:
             errors.append((f"listeners.{name}.proxy_protocol_trusted", "has no effect unless proxy_protocol = true"))
         target = listener.get("upstream")

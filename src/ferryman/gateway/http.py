@@ -344,4 +344,7 @@ def build_http_service(
         pool_size=pool_size,
         pool_idle_timeout=idle,
         backlog=cfg.backlog,
+        accept_proxy=cfg.proxy_protocol,
+        proxy_trusted=cfg.proxy_protocol_trusted,
+        proxy_header_timeout=cfg.proxy_protocol_timeout,
     )

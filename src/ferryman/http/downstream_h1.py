@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..net.detach import detach
 from ..net.reactor import reactor_for
 from ..net.sweep import INF
+from ..protocol import proxy_protocol
 from ..net.sendfile import send_file
 from ..protocol.h1.events import Data, EndOfMessage, H1Error, RequestHead
 from ..protocol.h1.parser import RequestParser
@@ -51,6 +52,8 @@ class DownstreamH1(asyncio.Protocol):
         self._head_started = False  # bytes of the next request head have arrived
         self.body_activity = 0.0  # loop time of the last request body bytes
         self.pending_file: tuple[int, int, int] | None = None  # fd, offset, count
+        self.proxy_header: object = None  # the client's PROXY header, when the listener accepts them
+        self._proxy_buf: bytes | None = None  # not None while a PROXY header is awaited
 
     # asyncio callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,9 +61,17 @@ class DownstreamH1(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
         self.local = transport.get_extra_info("sockname")
         self.service.connections.add(self)
-        self._arm_timer(self.service.header_timeout)
+        if self.service.accept_proxy and proxy_protocol.required_from(self.peer, self.service.proxy_trusted):
+            self._proxy_buf = b""
+            self._arm_timer(self.service.proxy_header_timeout)
+        else:
+            self._arm_timer(self.service.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy_buf is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
         exchange = self.exchange
         if self.tunnel:
             exchange.on_downstream_tunnel_data(data)  # type: ignore[union-attr]
@@ -96,6 +107,25 @@ class DownstreamH1(asyncio.Protocol):
                 exchange.on_request_body(event.data)
             elif kind is EndOfMessage:
                 exchange.on_request_end()
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Strip the PROXY header the listener requires; returns the bytes after it."""
+        buf = self._proxy_buf + data  # type: ignore[operator]
+        try:
+            header, used = proxy_protocol.parse(buf)
+        except proxy_protocol.ProxyProtocolError as exc:
+            log.info("%s: client %s: bad PROXY header: %s", self.service.name, self.peer, exc)
+            self.abort()
+            return b""
+        if header is None:
+            self._proxy_buf = buf
+            return b""
+        self._proxy_buf = None
+        self.proxy_header = header
+        if not header.is_local and header.src is not None:
+            self.peer, self.local = header.src, header.dst
+        self._arm_timer(self.service.header_timeout)
+        return buf[used:]
 
     def eof_received(self) -> bool:
         if self.tunnel and self.exchange is not None:
@@ -335,7 +365,10 @@ class DownstreamH1(asyncio.Protocol):
                 self.deadline = INF
             return
         self.deadline = INF
-        if self._head_started:  # a head that did not complete in time (slowloris)
+        if self._proxy_buf is not None:
+            log.info("%s: client %s: no complete PROXY header within %gs", self.service.name, self.peer, self.service.proxy_header_timeout)
+            self.abort()
+        elif self._head_started:  # a head that did not complete in time (slowloris)
             self._reject(H1Error(408, "request head not received in time"))
         else:
             self.close()  # idle keep-alive connection

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 
 from ..net.connect import Connector
 from ..net.pump import PipePool
@@ -33,7 +35,9 @@ class HttpProxyService:
     ``forwarded_headers``: True or ``"x-forwarded"`` (X-Forwarded-For/-Proto/-Host),
     ``"forwarded"`` (RFC 7239), ``"both"``, or False. ``allow_connect`` makes the listener a
     forward proxy for ``CONNECT host:port`` (off by default: 405); the app's
-    ``upstream_peer`` still decides where (and whether) to connect.
+    ``upstream_peer`` still decides where (and whether) to connect. ``accept_proxy``
+    requires a PROXY v1/v2 header first from clients in ``proxy_trusted`` (all when empty),
+    within ``proxy_header_timeout``; its source address becomes the client address.
     """
 
     def __init__(
@@ -58,6 +62,9 @@ class HttpProxyService:
         pool_size: int = 128,
         pool_idle_timeout: float = 60.0,
         backlog: int = 2048,
+        accept_proxy: bool = False,
+        proxy_trusted: Sequence[IPv4Network | IPv6Network] = (),
+        proxy_header_timeout: float = 5.0,
     ) -> None:
         self.backlog = backlog
         self.name = name
@@ -77,6 +84,9 @@ class HttpProxyService:
             raise ValueError(f"forwarded_headers must be a bool, 'x-forwarded', 'forwarded' or 'both', not {forwarded_headers!r}")
         self.forwarded = "x-forwarded" if forwarded_headers is True else (forwarded_headers or "")
         self.allow_connect = allow_connect
+        self.accept_proxy = accept_proxy
+        self.proxy_trusted = tuple(proxy_trusted)
+        self.proxy_header_timeout = proxy_header_timeout
         self.tunnel_idle_timeout = tunnel_idle_timeout
         self.body_timeout = body_timeout
         self._pipes: PipePool | None = None

@@ -209,12 +209,7 @@ class TcpProxyService:
         return proxy_protocol.build(version, src, dst)
 
     def _must_send_header(self, peer: object) -> bool:
-        if not self.trusted:
-            return True
-        if not isinstance(peer, tuple):
-            return False
-        ip = ipaddress.ip_address(peer[0])
-        return any(ip in net for net in self.trusted)
+        return proxy_protocol.required_from(peer, self.trusted)
 
     async def _read_proxy_header(self, conn: socket.socket, session: L4Session) -> bytes:
         """Read and strip the PROXY header; return bytes received after it."""

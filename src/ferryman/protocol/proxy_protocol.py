@@ -15,9 +15,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from struct import Struct
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 __all__ = [
@@ -121,6 +122,18 @@ class ProxyHeader:
             if t == type_:
                 return value
         return None
+
+
+def required_from(peer: object, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
+    """Must a client at ``peer`` send a header? Every client when ``trusted`` is empty, else
+    those inside it (HAProxy's ``expect-proxy layer4 if trusted``); never a Unix client
+    when ``trusted`` lists networks."""
+    if not trusted:
+        return True
+    if not isinstance(peer, tuple):
+        return False
+    ip = ipaddress.ip_address(peer[0])
+    return any(ip in net for net in trusted)
 
 
 # --------------------------------------------------------------------------- parsing
