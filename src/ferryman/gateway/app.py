@@ -21,6 +21,7 @@ from ..net.pump import PipePool
 from ..observability.accesslog import AccessLog
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
+from ..server.watch import FileWatch, WatchService
 from ..server.workers import run_workers
 from .http import build_filters, build_http_service, build_router
 from .http import counts_connections
@@ -57,6 +58,32 @@ class Gateway:
         if self.demo_sock is not None:
             self.demo_sock.close()
 
+    def socket_for(self, name: str, cfg: ListenerConfig) -> socket.socket:
+        """The socket bound at start for this listener; a listener added (or moved) by a
+        reload since then is bound anew with SO_REUSEPORT, beside the other workers' ones."""
+        sock = self.sockets.get(name)
+        if sock is not None and sock.fileno() >= 0:
+            return sock
+        return bind_socket(cfg.addr, udp=cfg.protocol == "udp", backlog=cfg.backlog, reuse_port=True)
+
+    def reload_config(self) -> None:
+        """Master side of a reload (with workers): re-read the file so a worker started later
+        (after a crash) starts from the config the others reloaded to; close the master's
+        copies of sockets whose listener went away or moved."""
+        if self.path is None:
+            return
+        try:
+            config = load_file(self.path)
+        except ConfigError as exc:
+            log.error("master: reload refused (workers keep their config):\n%s", exc.render())
+            return
+        for name in list(self.sockets):
+            new = config.listeners.get(name)
+            old = self.config.listeners.get(name)
+            if new is None or old is None or (new.addr, new.protocol) != (old.addr, old.protocol):
+                self.sockets.pop(name).close()
+        self.config = config
+
     def make_server(self, worker: int = 0) -> Server:
         """Everything one process serves: listeners, health checks, the demo origin."""
         config = self.config
@@ -64,6 +91,9 @@ class Gateway:
         runtime = Runtime(self, server, worker)
         runtime.build(config)
         server.on_reload.append(runtime.reload)
+        server.on_reopen.append(runtime.reopen_logs)
+        if config.server.watch and self.path is not None and config.server.workers == 1:
+            server.add_background(WatchService(self.path, server.request_reload))
         if self.demo_sock is not None:
             if worker == 0:
                 server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
@@ -108,7 +138,7 @@ class Runtime:
         self.upstreams = build_upstreams(config)
         self.filters = build_filters(config)
         for name, cfg in config.listeners.items():
-            sock = self.gateway.sockets[name]
+            sock = self.gateway.socket_for(name, cfg)
             if cfg.protocol == "udp" and config.server.workers > 1 and self.worker > 0:
                 # each worker has its own SO_REUSEPORT UDP socket: the kernel keeps a client on one worker
                 sock.close()  # worker 0's, inherited: unread here, it would only hold datagrams
@@ -134,6 +164,11 @@ class Runtime:
         service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log)
         return Listener(cfg, service, access_log)
 
+    def reopen_logs(self) -> None:
+        for listener in self.listeners.values():
+            if listener.access_log is not None:
+                listener.access_log.reopen()
+
     async def reload(self) -> bool:
         """Re-read the config file and apply it; a bad one is refused and the old one serves on."""
         path = self.gateway.path
@@ -153,6 +188,8 @@ class Runtime:
         return True
 
     async def apply(self, config: Config) -> None:
+        if self.config is not None and (config.server != self.config.server or config.demo != self.config.demo):
+            log.warning("reload: [server] and [demo] changes apply at the next restart")
         old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
         upstreams = build_upstreams(config, old_upstreams)
         filters = build_filters(config, old_filters, self.config)
@@ -262,7 +299,11 @@ def serve(config: Config, path: str | Path | None = None) -> int:
             install_uvloop()
             gateway.make_server().run()
             return 0
-        return run_workers(config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close)
+        watch = FileWatch(path) if config.server.watch and path is not None else None
+        return run_workers(
+            config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close,
+            on_reload=gateway.reload_config, changed=watch.poll if watch is not None else None,
+        )
     finally:
         gateway.close()
         if pid_file is not None:

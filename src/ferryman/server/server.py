@@ -49,6 +49,7 @@ class Server:
         self.background: list[BackgroundService] = []
         self.on_started: list[Callable[[], Awaitable[None] | None]] = []
         self.on_reload: list[Callable[[], Awaitable[bool]]] = []  # run on SIGHUP, one reload at a time
+        self.on_reopen: list[Callable[[], None]] = []  # run on SIGUSR1: reopen log files (logrotate)
         self._reloading: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
 
@@ -72,10 +73,11 @@ class Server:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or no signal support
-        try:
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        for sig, handler in ((signal.SIGHUP, self.request_reload), (signal.SIGUSR1, self.reopen_logs)):
+            try:
+                loop.add_signal_handler(sig, handler)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
         for service in self.background:
             service.start()
         for service in self.services:
@@ -90,7 +92,7 @@ class Server:
             await self._stop.wait()
         finally:
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 try:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
@@ -107,6 +109,15 @@ class Server:
                 await callback()
 
         self._reloading = asyncio.get_running_loop().create_task(run())
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (as nginx): reopen log files after logrotate moved them."""
+        log.info("SIGUSR1: reopening log files")
+        for callback in self.on_reopen:
+            try:
+                callback()
+            except Exception:
+                log.exception("reopening a log file failed")
 
     def shutdown(self) -> None:
         """Ask a running server to stop (thread-unsafe; call from the loop)."""

@@ -15,18 +15,28 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 RESTART_BACKOFF = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 
 
 def run_workers(
-    n: int, worker_main: Callable[[int], None], grace_period: float, on_stop: Callable[[], None] | None = None
+    n: int,
+    worker_main: Callable[[int], None],
+    grace_period: float,
+    on_stop: Callable[[], None] | None = None,
+    *,
+    on_reload: Callable[[], None] | None = None,
+    changed: Callable[[], bool] | None = None,
 ) -> int:
     """Fork ``n`` workers running ``worker_main(index)``; supervise until told to stop.
 
     ``on_stop`` runs in the master when a stop signal arrives, before the workers are told:
     it closes the master's copies of the listening sockets, so that once the workers close
     theirs new connections are refused instead of waiting in a backlog nobody accepts from.
+    ``on_reload`` runs in the master on SIGHUP before the workers are told, so a worker
+    started later (after a crash) starts from the reloaded config; ``changed`` is polled
+    about once a second and, when True, acts as a SIGHUP (``server.watch``). SIGUSR1 (reopen
+    logs) is passed on to the workers.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, tuple[int, float]] = {}  # pid → (index, started)
@@ -42,6 +52,8 @@ def run_workers(
                 if stopping_since is not None and time.monotonic() > stopping_since + grace_period + 1:
                     for pid in workers:
                         _kill(pid, signal.SIGKILL)
+                elif stopping_since is None and changed is not None and changed():
+                    _reload(workers, on_reload)
                 continue
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and stopping_since is None:
                 log.info("master: %s received: stopping workers", signal.Signals(info.si_signo).name)
@@ -50,16 +62,28 @@ def run_workers(
                     on_stop()
                 for pid in workers:
                     _kill(pid, signal.SIGTERM)
-            elif info.si_signo == signal.SIGHUP:
-                log.info("master: SIGHUP: telling %d workers to reload", len(workers))
+            elif info.si_signo == signal.SIGHUP and stopping_since is None:
+                _reload(workers, on_reload)
+            elif info.si_signo == signal.SIGUSR1:
                 for pid in list(workers):
-                    _kill(pid, signal.SIGHUP)
+                    _kill(pid, signal.SIGUSR1)
             _reap(workers, worker_main, restart=stopping_since is None)
         return 0
     finally:
         for pid in workers:
             _kill(pid, signal.SIGKILL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+def _reload(workers: dict[int, tuple[int, float]], on_reload: Callable[[], None] | None) -> None:
+    if on_reload is not None:
+        try:
+            on_reload()
+        except Exception:
+            log.exception("master: reloading the config failed")
+    log.info("master: telling %d workers to reload", len(workers))
+    for pid in list(workers):
+        _kill(pid, signal.SIGHUP)
 
 
 def _spawn(index: int, worker_main: Callable[[int], None], workers: dict[int, tuple[int, float]]) -> None:
