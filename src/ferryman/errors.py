@@ -34,6 +34,7 @@ class ErrorKind(enum.Enum):
     CONNECTION_CLOSED = "connection_closed"
     CONNECTION_RESET = "connection_reset"
     PROTOCOL_ERROR = "protocol_error"  # malformed PROXY header, bad HTTP, ...
+    BODY_TOO_LARGE = "body_too_large"  # a request body over the limit (413)
     UPSTREAM_STATUS = "upstream_status"  # an answer the retry policy sends to the next backend
     ACCESS_DENIED = "access_denied"
     TOO_MANY_CONNECTIONS = "too_many_connections"

@@ -220,3 +220,51 @@ hash_key = "header:x-user"
         for o in origins:
             o.close()
             await o.wait_closed()
+
+
+async def test_a_chunked_body_over_the_route_limit_gets_413() -> None:
+    origin = await start_origin("127.0.0.1", 0, "o")
+    port = origin.sockets[0].getsockname()[1]
+    config = load_text(f"""
+[listeners.web]
+addr = "127.0.0.1:0"
+protocol = "http"
+routes = ["small"]
+
+[routes.small]
+upstream = "o"
+max_body_size = 1000
+
+[upstreams.o]
+backends = ["127.0.0.1:{port}"]
+""")
+    gw = Gateway(config)
+    gw.bind()
+    web = gw.make_server().services[0]
+    await web.start()
+    try:
+        head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ok = await Client.open(web)
+        ok.send(head + b"3e8\r\n" + b"a" * 1000 + b"\r\n0\r\n\r\n")
+        status, _, body = await ok.response()
+        assert status == 200 and body.endswith(b"a" * 1000)
+        await ok.close()
+        big = await Client.open(web)  # the whole body at once: refused before any upstream
+        big.send(head + b"3e8\r\n" + b"a" * 1000 + b"\r\n1\r\nb\r\n0\r\n\r\n")
+        status, _, body = await big.response()
+        assert status == 413 and b"over the limit of 1000 bytes" in body
+        await big.close()
+        slow = await Client.open(web)  # the body going over the limit while it streams
+        slow.send(head + b"3e8\r\n" + b"a" * 1000 + b"\r\n")
+        await asyncio.sleep(0.3)  # pacing: the first chunk is proxied before the second arrives
+        slow.send(b"1\r\nb\r\n")
+        status, _, body = await slow.response()
+        assert status == 413 and b"over the limit of 1000 bytes" in body
+        assert await asyncio.wait_for(slow.closed(), 5)  # the rest of the body is not read
+        await slow.close()
+    finally:
+        web.stop_accepting()
+        await web.drain(1.0)
+        gw.close()
+        origin.close()
+        await origin.wait_closed()

@@ -112,9 +112,11 @@ class GatewayHttp(ProxyHttp):
         if route.retry.timeout is not None:
             session.retry_until = session.digest.start + route.retry.timeout
         length = session.request.body.length
-        if route.max_body is not None and length is not None and length > route.max_body:
-            session.respond_error(413, f"the body is over this route's limit of {route.max_body} bytes")
-            return True
+        if route.max_body is not None:
+            if (length if length is not None else session.body_bytes_received) > route.max_body:
+                session.respond_error(413, f"the request body is over the limit of {route.max_body} bytes")
+                return True
+            session.max_body = route.max_body  # the rest of a chunked body is counted as it arrives
         for run in route.request_filters:
             if run(session):
                 return True

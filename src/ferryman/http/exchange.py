@@ -263,9 +263,13 @@ class Exchange:
     # request body ----------------------------------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
         """Downstream protocol callback: a request body chunk."""
-        self.session.body_bytes_received += len(data)
+        s = self.session
+        s.body_bytes_received += len(data)
         self.downstream.body_activity = self.loop.time()
         if self.failed:
+            return
+        if s.max_body is not None and s.body_bytes_received > s.max_body:
+            self._body_too_large(s.max_body)
             return
         if self.filter_request_body:
             data = self._filter_request_body(data, False)
@@ -303,6 +307,13 @@ class Exchange:
         self.downstream.keep_alive = False
         self._abort_upstream()
         self._upstream_failed(error)
+
+    def _body_too_large(self, limit: int) -> None:
+        """A chunked body went over the session's limit: 413 if nothing was answered yet."""
+        self.failed = True  # drop the rest of the body
+        self.downstream.keep_alive = False
+        self._abort_upstream()
+        self._upstream_failed(ProxyError(ErrorKind.BODY_TOO_LARGE, ErrorSource.DOWNSTREAM, context=f"the request body is over the limit of {limit} bytes"))
 
     def _hook_failed(self, hook: str, exc: Exception) -> None:
         """A per-chunk hook raised: end the exchange with a 500 (or an abort if too late)."""
@@ -647,7 +658,7 @@ class Exchange:
             status = await self.app.fail_to_proxy(s, error) if svc.has["fail_to_proxy"] else _default_status(error)
         if status:
             self.downstream.keep_alive = False
-            s.respond_error(status, error.context if error.source is ErrorSource.UPSTREAM else "")
+            s.respond_error(status, error.context if error.source is ErrorSource.UPSTREAM or error.kind is ErrorKind.BODY_TOO_LARGE else "")
         else:
             self.downstream.abort()
 

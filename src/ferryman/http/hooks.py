@@ -137,6 +137,7 @@ _STATUS_BY_KIND = {
 _DOWNSTREAM_STATUS = {
     ErrorKind.PROTOCOL_ERROR: 400,
     ErrorKind.READ_TIMEOUT: 408,  # the client stopped sending its request body (nginx too)
+    ErrorKind.BODY_TOO_LARGE: 413,
 }
 
 

@@ -37,7 +37,7 @@ class Session:
         "request", "client_addr", "local_addr", "tls", "ctx", "digest", "peer", "tries",
         "last_error", "response_status", "response_headers", "response_sent", "bytes_sent",
         "body_bytes_received", "upstream_method", "upstream_target", "route", "vars", "filter_body", "read_timeout",
-        "retry_statuses", "retry_until", "_downstream",
+        "retry_statuses", "retry_until", "max_body", "_downstream",
     )
 
     def __init__(self, request: RequestHead, client_addr: Any, local_addr: Any, downstream: Any, *, tls: bool = False) -> None:
@@ -63,6 +63,7 @@ class Session:
         self.read_timeout = downstream.service.upstream_read_timeout  # between upstream reads
         self.retry_statuses: frozenset[int] = frozenset()  # answers that go to the next try instead (bodyless requests)
         self.retry_until = INF  # loop time after which no new try starts
+        self.max_body: int | None = None  # request body limit below the listener's (413), e.g. a route's
         self._downstream = downstream
 
     # request facts -----------------------------------------------------------------------
