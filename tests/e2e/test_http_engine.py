@@ -403,3 +403,41 @@ async def test_clients_outside_the_trusted_networks_need_no_proxy_header() -> No
         await idle.close()
     finally:
         await stop(proxy, slow, server)
+
+
+async def test_hooks_may_be_plain_functions() -> None:
+    """``def`` hooks are called inline (no coroutine), ``async def`` ones awaited; both mix."""
+    server, peer = await origin()
+    logged: list[int] = []
+
+    class Sync(App):
+        def request_filter(self, session):
+            if session.request.target == b"/blocked":
+                session.respond(403, b"no")
+                return True
+            return False
+
+        def upstream_peer(self, session):
+            return self.peer
+
+        def response_filter(self, session, headers):
+            headers.append((b"x-sync", b"1"))
+
+        async def upstream_request_filter(self, session, headers):
+            await asyncio.sleep(0)  # a hook that really waits
+            headers.append((b"x-async", b"1"))
+
+        def logging(self, session, error):
+            logged.append(session.response_status)
+
+    proxy = await start_proxy(Sync(peer))
+    try:
+        client = await Client.open(proxy)
+        client.send(get("/echo") + get("/blocked"))
+        status, headers, body = await client.response()
+        assert status == 200 and headers[b"x-sync"] == b"1" and b"x-async: 1" in body
+        assert (await client.response())[0] == 403
+        await client.close()
+        assert logged == [200, 403]
+    finally:
+        await stop(proxy, server)

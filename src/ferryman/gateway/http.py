@@ -88,7 +88,9 @@ class Ctx:
 
 
 class GatewayHttp(ProxyHttp):
-    """Match a route, run its filters, choose a backend of its upstream (failing over)."""
+    """Match a route, run its filters, choose a backend of its upstream (failing over).
+
+    Its hooks never wait, so they are plain functions: no coroutine per hook and request."""
 
     max_tries = 100  # each upstream's own max_tries bounds its candidates
 
@@ -97,7 +99,7 @@ class GatewayHttp(ProxyHttp):
         self.access_log = access_log
         self.connect_ports = connect_ports  # forward proxy: CONNECT allowed to these ports
 
-    async def request_filter(self, session: Session) -> bool:
+    def request_filter(self, session: Session) -> bool:
         if session.request.method == b"CONNECT":
             return self._connect_refused(session)
         route = self.router.match(session)
@@ -132,7 +134,7 @@ class GatewayHttp(ProxyHttp):
             return True
         return False
 
-    async def upstream_peer(self, session: Session) -> Peer:
+    def upstream_peer(self, session: Session) -> Peer:
         ctx = session.ctx
         if ctx is None:  # CONNECT through a forward-proxy listener
             return Peer(parse_address(session.target_str), connect_timeout=5.0)
@@ -191,7 +193,7 @@ class GatewayHttp(ProxyHttp):
         if ctx is not None and ctx.backend is not None and ctx.backend.passive is not None:
             ctx.backend.passive.response(ctx.backend, session.response_status)
 
-    async def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
         ctx = session.ctx
         if ctx is None:
             return
@@ -201,7 +203,7 @@ class GatewayHttp(ProxyHttp):
         for run in route.upstream_request_filters:
             run(session, headers)
 
-    async def response_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
         session.filter_body = False  # a body filter turns it on for this response if it wants
         ctx = session.ctx
         if ctx is not None:
@@ -213,7 +215,7 @@ class GatewayHttp(ProxyHttp):
             chunk = run(session, chunk, end)
         return chunk
 
-    async def logging(self, session: Session, error: ProxyError | None) -> None:
+    def logging(self, session: Session, error: ProxyError | None) -> None:
         ctx = session.ctx
         if ctx is not None and ctx.counted is not None:
             _uncount(ctx)

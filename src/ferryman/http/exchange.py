@@ -96,7 +96,9 @@ class Exchange:
             self._release_upstream(error is None)
         if svc.has["logging"]:
             try:
-                await app.logging(s, error)
+                result = app.logging(s, error)
+                if svc.awaits["logging"]:
+                    await result
             except Exception:
                 log.exception("%s: logging hook failed", svc.name)
 
@@ -108,12 +110,14 @@ class Exchange:
             s.respond_error(405, "CONNECT is not enabled on this listener")
             return
         if svc.has["early_request_filter"]:
-            await app.early_request_filter(s)
-        if svc.has["request_filter"] and await app.request_filter(s):
+            result = app.early_request_filter(s)
+            if svc.awaits["early_request_filter"]:
+                await result
+        if svc.has["request_filter"] and (await app.request_filter(s) if svc.awaits["request_filter"] else app.request_filter(s)):
             if self.downstream.pending_file is not None:
                 await self.downstream.flush_file(s)
             return
-        if svc.has["proxy_upstream_filter"] and not await app.proxy_upstream_filter(s):
+        if svc.has["proxy_upstream_filter"] and not (await app.proxy_upstream_filter(s) if svc.awaits["proxy_upstream_filter"] else app.proxy_upstream_filter(s)):
             raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.INTERNAL, context="proxy_upstream_filter refused the request")
         if connect:
             await self._connect_tunnel()
@@ -125,8 +129,9 @@ class Exchange:
     async def _send_with_retries(self) -> ResponseHead:
         app, s = self.app, self.session
         tries = max(1, app.max_tries)
+        awaited = self.service.awaits["upstream_peer"]
         while True:
-            peer = await app.upstream_peer(s)
+            peer = await app.upstream_peer(s) if awaited else app.upstream_peer(s)
             s.peer = peer
             try:
                 await self._acquire(peer)
@@ -203,7 +208,9 @@ class Exchange:
         s.digest.reused = self.reused
         s.digest.upstream_addr = peer.name
         if self.service.has["connected_to_upstream"]:
-            await self.app.connected_to_upstream(s, peer, self.reused)
+            result = self.app.connected_to_upstream(s, peer, self.reused)
+            if self.service.awaits["connected_to_upstream"]:
+                await result
 
     # CONNECT (forward proxy) -------------------------------------------------------------------
     async def _connect_tunnel(self) -> None:
@@ -211,7 +218,7 @@ class Exchange:
         request), answer 200, then tunnel."""
         app, s = self.app, self.session
         while True:
-            peer = await app.upstream_peer(s)
+            peer = await app.upstream_peer(s) if self.service.awaits["upstream_peer"] else app.upstream_peer(s)
             s.peer = peer
             try:
                 sock = await self._connect(peer)
@@ -236,7 +243,9 @@ class Exchange:
         assert upstream is not None
         headers = self._upstream_headers()
         if svc.has["upstream_request_filter"]:
-            await self.app.upstream_request_filter(s, headers)
+            result = self.app.upstream_request_filter(s, headers)
+            if svc.awaits["upstream_request_filter"]:
+                await result
         upstream.begin(self, s.upstream_method)
         upstream.write(request_head(s.upstream_method, s.upstream_target, headers))
         self._flush_request_body()
@@ -371,7 +380,9 @@ class Exchange:
         if svc.has["upstream_response_filter"]:
             app.upstream_response_filter(s, headers)
         if svc.has["response_filter"]:
-            await app.response_filter(s, headers)
+            result = app.response_filter(s, headers)
+            if svc.awaits["response_filter"]:
+                await result
         self.body_filters = s.filter_body
         if head.status == 101:
             if s.request.upgrade is None:
@@ -655,7 +666,10 @@ class Exchange:
             self.downstream.abort()  # a truncated response must not look complete
             return
         if status is None:
-            status = await self.app.fail_to_proxy(s, error) if svc.has["fail_to_proxy"] else _default_status(error)
+            if svc.has["fail_to_proxy"]:
+                status = await self.app.fail_to_proxy(s, error) if svc.awaits["fail_to_proxy"] else self.app.fail_to_proxy(s, error)
+            else:
+                status = _default_status(error)
         if status:
             self.downstream.keep_alive = False
             s.respond_error(status, error.context if error.source is ErrorSource.UPSTREAM or error.kind is ErrorKind.BODY_TOO_LARGE else "")

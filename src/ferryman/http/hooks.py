@@ -12,6 +12,10 @@ Order for every request::
     → upstream_response_filter → response_filter → upstream_response_body_filter and
     response_body_filter (per chunk) → response_trailer_filter → logging
 
+The hooks shown ``async`` below may be written as ``async def`` (awaited) or as plain
+``def`` (called inline, with no coroutine per request: cheaper when the hook never waits).
+The per-chunk and error-decision hooks are always plain functions.
+
 Errors after a connection is up go through ``error_while_proxy`` (which may retry);
 any error that ends the request goes through ``fail_to_proxy``, which decides the status
 sent downstream.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
 from collections.abc import Sequence
@@ -91,6 +92,8 @@ class HttpProxyService:
         self.body_timeout = body_timeout
         self._pipes: PipePool | None = None
         self.has = {hook: overrides(app, hook) for hook in HOOKS}
+        # these hooks may be plain functions (no coroutine per call) or coroutines (awaited)
+        self.awaits = {hook: inspect.iscoroutinefunction(getattr(app, hook)) for hook in (*HOOKS, "upstream_peer")}
         self.has_response_body_filters = self.has["upstream_response_body_filter"] or self.has["response_body_filter"]
         self.connections: set = set()
         self.exchanges: set = set()
