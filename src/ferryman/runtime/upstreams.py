@@ -1,8 +1,9 @@
-"""Build live upstream objects (balancers, peers, health checkers) from the config model."""
+"""Build live upstream objects (balancers, peers, health checkers, name resolvers) from the
+config model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config.model import Config, UpstreamConfig, parse_member
@@ -11,6 +12,8 @@ from ..net.connect import HttpConnectProxy, Peer, TcpKeepalive
 from ..upstream.backend import Backend
 from ..upstream.balancer import Balancer, Member, WeightedUpstreams
 from ..upstream.health import HealthCheckConfig, HealthChecker
+from ..upstream.passive import PassiveHealth
+from ..upstream.resolver import BackendResolver, Lookup, is_name, make_lookup
 
 
 class Candidates:
@@ -33,18 +36,87 @@ class Candidates:
         return self._next is not None
 
 
+class MemberPeers(Mapping[int, Peer]):
+    """A nested upstream's peers: a live view over its members' maps, so backends that a
+    member's re-resolution adds or drops are seen without copying (and an id of a dropped
+    backend can never find a stale Peer)."""
+
+    __slots__ = ("_maps",)
+
+    def __init__(self, maps: Sequence[Mapping[int, Peer]]) -> None:
+        self._maps = tuple(maps)
+
+    def __getitem__(self, key: int) -> Peer:
+        for peers in self._maps:
+            peer = peers.get(key)
+            if peer is not None:
+                return peer
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(dict.fromkeys(key for peers in self._maps for key in peers))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class Upstream:
-    """One named upstream: how to choose a backend and how to dial it."""
+    """One named upstream: how to choose a backend and how to dial it.
+
+    ``peers`` maps id(backend) → Peer: a dict a leaf upstream updates in place (never
+    replaced), a :class:`MemberPeers` view for a nested one. ``resolver`` is set when some
+    backend line is a DNS name; it calls :meth:`replace_backends` when addresses change.
+    """
 
     name: str
     config: UpstreamConfig
     balancer: Member
-    peers: dict[int, Peer] = field(default_factory=dict)  # id(backend) → Peer
+    peers: Mapping[int, Peer] = field(default_factory=dict)
     checker: HealthChecker | None = None
+    passive: PassiveHealth | None = None  # set on each of its backends (Backend.passive)
+    resolver: BackendResolver | None = None
+    members: tuple[Upstream, ...] = ()  # nested upstreams: the member upstreams
 
     def peer_for(self, backend: Backend) -> Peer:
-        return self.peers[id(backend)]
+        try:
+            return self.peers[id(backend)]
+        except KeyError:
+            return self._dropped_peer(backend)
+
+    def _dropped_peer(self, backend: Backend) -> Peer:
+        """A backend a re-resolution dropped while a connection's fail-over order still held
+        it: dial it with its leaf's options (a nested upstream: its first leaf's)."""
+        leaf = self
+        while leaf.members:
+            leaf = leaf.members[0]
+        return make_peer(backend, leaf.config)
+
+    def replace_backends(self, backends: Sequence[Backend]) -> None:
+        """A leaf upstream serves ``backends`` from now on (the resolver's ``apply``).
+
+        Peers are added before the balancer sees the new list and removed after, so a
+        selection never yields a backend without a Peer; the health checker keeps the
+        state of the Backend objects it already knew; passive health forgets dropped ones.
+        """
+        assert isinstance(self.balancer, Balancer) and isinstance(self.peers, dict), "only a leaf upstream has backends"
+        peers = self.peers
+        cfg = self.config
+        old = self.balancer.backends
+        for backend in backends:
+            if id(backend) not in peers:
+                peers[id(backend)] = make_peer(backend, cfg)
+                backend.passive = self.passive
+        self.balancer.replace_backends(backends)
+        keep = {id(b) for b in backends}
+        for key in [key for key in peers if key not in keep]:
+            del peers[key]
+        if self.checker is not None:
+            self.checker.replace_backends(backends)
+        if self.passive is not None:
+            for backend in old:
+                if id(backend) not in keep:
+                    self.passive.forget(backend)
 
     def candidates(self, key: str = "") -> Candidates:
         """The fail-over order for one connection or request (``key``: the hash key)."""
@@ -89,10 +161,21 @@ def build_upstreams(config: Config, previous: dict[str, Upstream] | None = None)
 
     A nested upstream dials each backend with the options of the leaf upstream that owns it.
     On reload, ``previous`` upstreams whose config (and members) did not change are kept as
-    they are: their balancer state, health state and checker carry on.
+    they are: their balancer state, health state, checker, resolver and resolved backends
+    carry on (a kept resolver switches to the new ``server.resolvers`` if those changed).
+
+    Synchronous: a backend line that is a DNS name contributes no backend yet; the
+    upstream's ``resolver`` (not started) fills them in (``start()``, ``resolve_now()``).
     """
     built: dict[str, Upstream] = {}
     previous = previous or {}
+    servers = tuple(config.server.resolvers)
+    shared: list[Lookup] = []
+
+    def lookup() -> Lookup:
+        if not shared:
+            shared.append(make_lookup(servers))
+        return shared[0]
 
     def build(name: str) -> Upstream:
         if name in built:
@@ -102,20 +185,27 @@ def build_upstreams(config: Config, previous: dict[str, Upstream] | None = None)
         if old is not None and old.config == cfg:
             children = [parse_member(text)[0] for text in cfg.members]
             if all(build(child) is previous.get(child) for child in children):
+                if old.resolver is not None and tuple(old.resolver.lookup.servers) != servers:
+                    old.resolver.lookup = lookup()
                 built[name] = old
                 return old
         if cfg.members:
             members: list[tuple[Member, int]] = []
-            peers: dict[int, Peer] = {}
+            owners: list[Upstream] = []
             for text in cfg.members:
                 member_name, weight = parse_member(text)
                 child = build(member_name)
                 members.append((child.balancer, weight))
-                peers.update(child.peers)
-            upstream = Upstream(name, cfg, WeightedUpstreams(members), peers)
+                owners.append(child)
+            upstream = Upstream(name, cfg, WeightedUpstreams(members), MemberPeers([c.peers for c in owners]), members=tuple(owners))
         else:
-            backends = cfg.backend_objects()
+            lines = cfg.backend_objects()
+            backends = [b for b in lines if not is_name(b.address)]
             upstream = Upstream(name, cfg, Balancer(backends, cfg.lb), {id(b): make_peer(b, cfg) for b in backends})
+            if len(backends) < len(lines):
+                upstream.resolver = BackendResolver(
+                    name, lines, lookup=lookup(), apply=upstream.replace_backends, interval=cfg.resolve_interval, ipv4_only=cfg.ipv4_only
+                )
             if cfg.health_check is not None:
                 hc = cfg.health_check
                 upstream.checker = HealthChecker(

@@ -41,13 +41,24 @@ class Balancer:
     counts, may be shared with the previous balancer.
     """
 
-    __slots__ = ("lb", "selection")
+    __slots__ = ("_rng", "lb", "selection")
 
     def __init__(
         self, backends: Sequence[Backend], lb: str = "round_robin", *, rng: random.Random | None = None
     ) -> None:
         self.lb = lb
+        self._rng = rng
         self.selection: Selection = make_selection(lb, backends, rng=rng)
+
+    def replace_backends(self, backends: Sequence[Backend]) -> None:
+        """Serve ``backends`` from now on (a DNS re-resolution changed the addresses).
+
+        The selection is rebuilt and swapped in one assignment; this Balancer object stays,
+        because WeightedUpstreams members and upstreams hold it. Backend objects passed
+        again keep their health and connection counts; the algorithm's position restarts.
+        Iterations already running finish over the old list.
+        """
+        self.selection = make_selection(self.lb, backends, rng=self._rng)
 
     @property
     def backends(self) -> tuple[Backend, ...]:
