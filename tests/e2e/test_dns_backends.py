@@ -170,3 +170,31 @@ resolve_interval = "1h"
         for origin in origins:
             origin.close()
             await origin.wait_closed()
+
+
+def test_ferryman_run_resolves_a_named_backend_before_it_serves(tmp_path) -> None:
+    """The product path: ``ferryman run`` with ``localhost:PORT`` (system resolver); the
+    first request already finds the backend (the listener opens after the first resolution)."""
+    from support.process import LOCAL, HttpOrigin, free_port, http_get, running
+
+    origin = HttpOrigin()
+    port = free_port()
+    path = tmp_path / "ferryman.toml"
+    path.write_text(f"""
+[listeners.web]
+addr = "{LOCAL}:{port}"
+protocol = "http"
+upstream = "app"
+
+[upstreams.app]
+backends = ["localhost:{origin.port}"]
+ipv4_only = true
+""")
+    try:
+        with running(path) as proc:
+            proc.wait_ready()
+            assert http_get(port, "/x") == (200, b"origin /x")
+            proc.wait_for(r"upstream app: localhost resolved")
+            assert proc.stop(10) == 0
+    finally:
+        origin.close()

@@ -209,3 +209,41 @@ async def test_least_conn_counts_http_requests_in_flight() -> None:
         status, _ = await stuck
         assert status == 504
         assert [b.active for b in backends] == [0, 0]  # every count went back down
+
+
+async def test_passive_health_ejects_a_backend_answering_5xx_and_a_probe_lets_it_back() -> None:
+    bad, good = await (Origin("bad", "503")).start(), await (Origin("good")).start()
+    extra = 'retry_on = []\npassive_health = { max_fails = 2, fail_window = "10s", cool_down = "0.3s" }'
+    async with gateway(extra, bad, good) as web:
+        statuses = [(await fetch(web))[0] for _ in range(4)]
+        assert statuses.count(503) == 2  # round robin gave "bad" two requests: then it was out
+        assert len(bad.requests) == 2
+        assert [await fetch(web) for _ in range(4)] == [(200, b"good")] * 4
+        assert len(bad.requests) == 2  # nothing went to the ejected backend
+        bad.mode = "ok"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(bad.requests) == 2 and loop.time() < deadline:  # the probe (a connect) readmits it
+            await fetch(web)
+            await asyncio.sleep(0.05)
+        assert len(bad.requests) > 2
+        assert (await fetch(web))[0] == 200
+
+
+async def test_with_an_active_http_check_the_checker_readmits_a_passively_ejected_backend() -> None:
+    bad, good = await (Origin("bad", "503")).start(), await (Origin("good")).start()
+    extra = (
+        'retry_on = []\npassive_health = { max_fails = 1, cool_down = "0.2s" }\n'
+        'health_check = { kind = "http", path = "/health", interval = "0.1s", timeout = "1s", rise = 2, fall = 100 }'
+    )
+    async with gateway(extra, bad, good) as web:
+        statuses = [(await fetch(web))[0] for _ in range(6)]
+        assert statuses.count(503) == 1  # one 503 ejected it; the checker's 503s keep it out
+        bad.mode = "ok"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not any(b"GET / " in r for r in bad.requests[1:]) and loop.time() < deadline:
+            await fetch(web)
+            await asyncio.sleep(0.05)
+        assert any(r.startswith(b"GET /health ") for r in bad.requests)
+        assert any(r.startswith(b"GET / ") for r in bad.requests[1:])  # traffic is back

@@ -23,6 +23,7 @@ from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
 from ..server.watch import FileWatch, WatchService
 from ..server.workers import run_workers
+from ..upstream.resolver import FirstResolution
 from .http import build_filters, build_http_service, build_router
 from .http import counts_connections
 from .l4 import CountingGatewayL4, GatewayL4, build_listener_service
@@ -137,6 +138,11 @@ class Runtime:
         self.config = config
         self.upstreams = build_upstreams(config)
         self.filters = build_filters(config)
+        resolvers = [u.resolver for u in self.upstreams.values() if u.resolver is not None]
+        if resolvers:
+            # ahead of the listeners (Server.serve awaits each service's start() in order): they
+            # open once every backend name has resolved, or after FIRST_RESOLUTION_TIMEOUT
+            self.server.add_service(FirstResolution(resolvers))
         for name, cfg in config.listeners.items():
             sock = self.gateway.socket_for(name, cfg)
             if cfg.protocol == "udp" and config.server.workers > 1 and self.worker > 0:
@@ -149,6 +155,8 @@ class Runtime:
         for upstream in self.upstreams.values():
             if upstream.checker is not None:
                 self.server.add_background(upstream.checker)
+            if upstream.resolver is not None:
+                self.server.add_background(upstream.resolver)
         self.generation = 1
 
     def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket) -> Listener:
@@ -192,6 +200,13 @@ class Runtime:
             log.warning("reload: [server] and [demo] changes apply at the next restart")
         old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
         upstreams = build_upstreams(config, old_upstreams)
+        previous = {id(u) for u in old_upstreams.values()}
+        fresh = [u.resolver for u in upstreams.values() if u.resolver is not None and id(u) not in previous]
+        for resolver in fresh:
+            resolver.start()
+            self.server.add_background(resolver)
+        if fresh:  # new names resolve before a router points at them (bounded by FIRST_RESOLUTION_TIMEOUT)
+            await asyncio.gather(*(resolver.resolve_now() for resolver in fresh))
         filters = build_filters(config, old_filters, self.config)
         self.config, self.upstreams, self.filters = config, upstreams, filters
         listeners: dict[str, Listener] = {}
@@ -216,8 +231,16 @@ class Runtime:
             if upstream.checker is not None and not upstream.checker.running:
                 upstream.checker.start()
         for upstream in old_upstreams.values():
-            if id(upstream) not in kept and upstream.checker is not None:
+            if id(upstream) in kept:
+                continue
+            if upstream.checker is not None:
                 await upstream.checker.stop()
+            if upstream.passive is not None:
+                upstream.passive.stop()
+            if upstream.resolver is not None:
+                await upstream.resolver.stop()
+                if upstream.resolver in self.server.background:
+                    self.server.background.remove(upstream.resolver)
         for name, old_filter in old_filters.items():
             if filters.get(name) is not old_filter:
                 old_filter.close()

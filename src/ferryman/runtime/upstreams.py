@@ -11,7 +11,7 @@ from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..net.connect import HttpConnectProxy, Peer, TcpKeepalive
 from ..upstream.backend import Backend
 from ..upstream.balancer import Balancer, Member, WeightedUpstreams
-from ..upstream.health import HealthCheckConfig, HealthChecker
+from ..upstream.health import HealthCheckConfig, HealthChecker, make_check, tcp_check
 from ..upstream.passive import PassiveHealth
 from ..upstream.resolver import BackendResolver, Lookup, is_name, make_lookup
 
@@ -206,11 +206,18 @@ def build_upstreams(config: Config, previous: dict[str, Upstream] | None = None)
                 upstream.resolver = BackendResolver(
                     name, lines, lookup=lookup(), apply=upstream.replace_backends, interval=cfg.resolve_interval, ipv4_only=cfg.ipv4_only
                 )
-            if cfg.health_check is not None:
-                hc = cfg.health_check
+            hc = cfg.health_check
+            check = make_check(hc) if hc is not None else tcp_check
+            if hc is not None:
                 upstream.checker = HealthChecker(
-                    backends, HealthCheckConfig(interval=hc.interval, timeout=hc.timeout, rise=hc.rise, fall=hc.fall)
+                    backends, HealthCheckConfig(interval=hc.interval, timeout=hc.timeout, rise=hc.rise, fall=hc.fall), check
                 )
+            if cfg.passive_health is not None:
+                upstream.passive = PassiveHealth.from_config(
+                    cfg.passive_health, probe=check, checker=upstream.checker, probe_timeout=hc.timeout if hc is not None else 2.0
+                )
+                for backend in backends:
+                    backend.passive = upstream.passive
         built[name] = upstream
         return upstream
 
