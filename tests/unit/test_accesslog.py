@@ -116,7 +116,7 @@ TABLE: list[tuple[str, str, Any, str, Any]] = [
     ("var_tenant", "acme", "acme", "-", None),
     ("var_n", "3", 3, "-", None),
 ]
-TIME_VARIABLES = {"time_local", "time_iso8601", "msec"}
+TIME_VARIABLES = {"time_local", "time_iso8601", "msec", "pid"}  # values of the moment (pid: this process)
 
 
 def test_every_variable_is_in_the_table() -> None:
@@ -538,3 +538,9 @@ def test_a_bad_path_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         AccessLog(str(tmp_path / "missing" / "access.log"))
     assert writer_threads() == before
+
+
+def test_pid_is_the_serving_process() -> None:
+    import os
+
+    assert json.loads(compile_json(["pid"])(bare_session(), None)) == {"pid": os.getpid()}

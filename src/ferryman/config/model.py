@@ -246,6 +246,11 @@ class ListenerConfig(Strict):
     splice: Literal["auto", "always", "never"] = "auto"
     backlog: int = Field(default=2048, ge=1)
     reuse_port: bool = False
+    # with several workers: which worker accepts a connection (Seastar's choices). shared: one
+    # socket, any worker; kernel: one SO_REUSEPORT socket per worker, the kernel hashes;
+    # port: the client port modulo workers (a reuseport BPF program); fixed: balance_worker only
+    balance: Literal["shared", "kernel", "port", "fixed"] = "shared"
+    balance_worker: int = Field(default=0, ge=0)
     # udp
     max_sessions: int = Field(default=10000, ge=1)
     session_timeout: Duration = 30.0

@@ -29,6 +29,21 @@ def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     errors += _check_access_logs(listeners)
     errors += _check_route_edits(routes)
     errors += _check_member_health(upstreams)
+    errors += _check_balance(listeners, data.get("server"))
+    return errors
+
+
+def _check_balance(listeners: dict, server: Any) -> list[tuple[str, str]]:
+    """``fixed`` names an existing worker; reuseport balancing needs an IP address."""
+    workers = server.get("workers") if isinstance(server, dict) else None
+    errors = []
+    for name, listener in listeners.items():
+        worker = listener.get("balance_worker")
+        if isinstance(worker, int) and isinstance(workers, int) and worker >= workers:
+            errors.append((f"listeners.{name}.balance_worker", f"worker {worker} does not exist: server.workers = {workers} (workers count from 0)"))
+        addr = listener.get("addr")
+        if listener.get("balance") in ("kernel", "port") and isinstance(addr, str) and addr.startswith("unix:"):
+            errors.append((f"listeners.{name}.balance", "kernel and port balancing need an IP address (SO_REUSEPORT), not a Unix socket"))
     return errors
 
 

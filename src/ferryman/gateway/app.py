@@ -18,6 +18,7 @@ from ..demo.origin import DemoOrigin
 from ..net.connect import Connector
 from ..net.listener import bind_socket
 from ..net.pump import PipePool
+from ..net.reuseport import attach_port_steering, bind_reuseport_group
 from ..observability.accesslog import AccessLog
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
@@ -38,6 +39,7 @@ class Gateway:
         self.config = config
         self.path = path  # re-read on reload (SIGHUP / ferryman reload)
         self.sockets: dict[str, socket.socket] = {}
+        self.groups: dict[str, list[socket.socket]] = {}  # kernel / port balancing: one socket per worker
         self.demo_sock: socket.socket | None = None
 
     def bind(self) -> None:
@@ -45,10 +47,15 @@ class Gateway:
         try:
             if self.config.demo is not None:
                 self.demo_sock = bind_socket(self.config.demo.addr)
+            workers = self.config.server.workers
             for name, cfg in self.config.listeners.items():
-                shared = cfg.protocol == "tcp" or self.config.server.workers == 1
-                sock = bind_socket(cfg.addr, udp=cfg.protocol == "udp", backlog=cfg.backlog, reuse_port=cfg.reuse_port or not shared)
-                self.sockets[name] = sock
+                mode = balance_mode(cfg, workers)
+                if mode in ("kernel", "port"):
+                    group = self.groups[name] = bind_reuseport_group(cfg.addr, workers, backlog=cfg.backlog, udp=cfg.protocol == "udp")
+                    if mode == "port":
+                        attach_port_steering(group[0], workers)
+                    continue
+                self.sockets[name] = bind_socket(cfg.addr, udp=cfg.protocol == "udp", backlog=cfg.backlog, reuse_port=cfg.reuse_port)
         except BaseException:
             self.close()
             raise
@@ -56,12 +63,23 @@ class Gateway:
     def close(self) -> None:
         for sock in self.sockets.values():
             sock.close()
+        for group in self.groups.values():
+            for sock in group:
+                sock.close()
         if self.demo_sock is not None:
             self.demo_sock.close()
 
-    def socket_for(self, name: str, cfg: ListenerConfig) -> socket.socket:
-        """The socket bound at start for this listener; a listener added (or moved) by a
+    def socket_for(self, name: str, cfg: ListenerConfig, worker: int = 0) -> socket.socket:
+        """This worker's socket for a listener: the one bound at start (its own member of a
+        reuseport group, whose other members it closes); a listener added (or moved) by a
         reload since then is bound anew with SO_REUSEPORT, beside the other workers' ones."""
+        group = self.groups.get(name)
+        if group is not None and all(s.fileno() >= 0 for s in group):
+            if self.config.server.workers > 1:  # a worker: the master keeps every member open
+                for index, sock in enumerate(group):
+                    if index != worker:
+                        sock.close()
+            return group[worker]
         sock = self.sockets.get(name)
         if sock is not None and sock.fileno() >= 0:
             return sock
@@ -78,11 +96,14 @@ class Gateway:
         except ConfigError as exc:
             log.error("master: reload refused (workers keep their config):\n%s", exc.render())
             return
-        for name in list(self.sockets):
-            new = config.listeners.get(name)
-            old = self.config.listeners.get(name)
-            if new is None or old is None or (new.addr, new.protocol) != (old.addr, old.protocol):
-                self.sockets.pop(name).close()
+        for table in (self.sockets, self.groups):
+            for name in list(table):
+                new = config.listeners.get(name)
+                old = self.config.listeners.get(name)
+                if new is None or old is None or (new.addr, new.protocol, new.balance) != (old.addr, old.protocol, old.balance):
+                    held = table.pop(name)  # type: ignore[attr-defined]
+                    for sock in held if isinstance(held, list) else [held]:
+                        sock.close()
         self.config = config
 
     def make_server(self, worker: int = 0) -> Server:
@@ -144,11 +165,10 @@ class Runtime:
             # open once every backend name has resolved, or after FIRST_RESOLUTION_TIMEOUT
             self.server.add_service(FirstResolution(resolvers))
         for name, cfg in config.listeners.items():
-            sock = self.gateway.socket_for(name, cfg)
-            if cfg.protocol == "udp" and config.server.workers > 1 and self.worker > 0:
-                # each worker has its own SO_REUSEPORT UDP socket: the kernel keeps a client on one worker
-                sock.close()  # worker 0's, inherited: unread here, it would only hold datagrams
-                sock = bind_socket(cfg.addr, udp=True, reuse_port=True)
+            if balance_mode(cfg, config.server.workers) == "fixed" and self.worker != cfg.balance_worker:
+                self.gateway.sockets[name].close()  # another worker serves it
+                continue
+            sock = self.gateway.socket_for(name, cfg, self.worker)
             listener = self._make(name, cfg, sock)
             self.listeners[name] = listener
             self.server.add_service(listener.service)
@@ -281,6 +301,16 @@ class Runtime:
         finally:
             if service in self.server.services:
                 self.server.services.remove(service)
+
+
+def balance_mode(cfg: ListenerConfig, workers: int) -> str:
+    """How connections of a listener reach workers; one process needs no balancing. UDP
+    defaults to kernel: a shared datagram socket would scatter a client's datagrams."""
+    if workers == 1 or cfg.addr.is_unix:
+        return "shared"
+    if cfg.protocol == "udp" and cfg.balance == "shared":
+        return "kernel"
+    return cfg.balance
 
 
 async def _start(service: Any) -> None:

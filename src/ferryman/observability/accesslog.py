@@ -466,6 +466,7 @@ VARIABLES: dict[str, tuple[int, Getter]] = {
     "route": (USTR, _route),
     "request_id": (ANY, _request_id),
     "error": (USTR, _error),
+    "pid": (INT, lambda s, e: os.getpid()),  # the worker process that served the request
 }
 _PREFIXED: tuple[tuple[str, int, Callable[[str], Getter]], ...] = (
     ("http_", STR, lambda rest: _request_header(rest.replace("_", "-").lower().encode("latin-1"))),

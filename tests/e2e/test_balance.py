@@ -1,0 +1,78 @@
+"""Accept balancing across workers, per listener mode, on a real two-worker ferryman: which
+worker served each connection is read from the access log (``$pid``, ``$remote_port``)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support.process import LOCAL, children, free_port, running, wait_until
+
+
+def config(port: int, log: Path, balance: str) -> str:
+    return f"""
+[server]
+workers = 2
+grace_period = "2s"
+
+[listeners.web]
+addr = "{LOCAL}:{port}"
+protocol = "http"
+routes = ["all"]
+balance = "{balance}"
+balance_worker = 1
+access_log = "{log}"
+access_log_format = ["pid", "remote_port"]
+
+[routes.all]
+filters = ["answer"]
+
+[filters.answer]
+kind = "mock"
+body = "ok"
+"""
+
+
+def one_request(port: int) -> int:
+    """A new connection (from a kernel-chosen port) and one request; returns the port."""
+    with socket.create_connection((LOCAL, port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data
+        return sock.getsockname()[1]
+
+
+def served(log: Path, count: int) -> list[tuple[int, int]]:
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= count, 10, f"{count} access log lines")
+    return [(line["pid"], line["remote_port"]) for line in map(json.loads, log.read_text().splitlines())]
+
+
+@pytest.mark.parametrize("balance", ["shared", "kernel", "port", "fixed"])
+def test_each_balance_mode_spreads_connections_as_it_says(tmp_path: Path, balance: str) -> None:
+    port, log = free_port(), tmp_path / "access.log"
+    path = tmp_path / "ferryman.toml"
+    path.write_text(config(port, log, balance))
+    with running(path) as proc:
+        proc.wait_ready()
+        wait_until(lambda: len(children(proc.pid)) == 2, 10, "two workers")
+        workers = sorted(children(proc.pid))
+        for _ in range(40):
+            one_request(port)
+        lines = served(log, 40)
+        assert proc.stop(10) == 0
+    spread = Counter(pid for pid, _ in lines)
+    assert set(spread) <= set(workers)
+    if balance == "fixed":
+        assert len(spread) == 1  # balance_worker only
+    elif balance == "port":
+        by_parity = {parity: {pid for pid, p in lines if p % 2 == parity} for parity in (0, 1)}
+        assert all(len(pids) == 1 for pids in by_parity.values() if pids), by_parity  # port % 2 picks the worker
+        if by_parity[0] and by_parity[1]:
+            assert by_parity[0] != by_parity[1]
+    elif balance == "kernel":
+        assert len(spread) == 2  # the 4-tuple hash spreads 40 connections over both
