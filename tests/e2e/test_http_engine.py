@@ -441,3 +441,50 @@ async def test_hooks_may_be_plain_functions() -> None:
         assert logged == [200, 403]
     finally:
         await stop(proxy, server)
+
+
+async def _counting_origin() -> tuple[asyncio.Server, int, list[int]]:
+    """An origin answering 200 on keep-alive connections; counts connections accepted."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], accepted
+
+
+async def test_pooled_connections_follow_their_peers_pool_settings() -> None:
+    server, port, accepted = await _counting_origin()
+    address = parse_address(f"127.0.0.1:{port}")
+    no_pool = await start_proxy(App(Peer(address, connect_timeout=2.0, pool_size=0)))
+    short = await start_proxy(App(Peer(address, connect_timeout=2.0, pool_idle_timeout=0.2)))
+    try:
+        for proxy in (no_pool, no_pool):  # pool_size 0: every request opens a connection
+            client = await Client.open(proxy)
+            client.send(get("/"))
+            assert (await client.response())[0] == 200
+            await client.close()
+        assert len(accepted) == 2
+        client = await Client.open(short)
+        for _ in range(2):  # reused while fresh
+            client.send(get("/"))
+            assert (await client.response())[0] == 200
+        assert len(accepted) == 3
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while short.pool.idle_count and loop.time() < deadline:  # closed after 0.2 s idle
+            await asyncio.sleep(0.02)
+        assert short.pool.idle_count == 0
+        client.send(get("/"))
+        assert (await client.response())[0] == 200
+        assert len(accepted) == 4
+        await client.close()
+    finally:
+        await stop(no_pool, short, server)

@@ -328,8 +328,10 @@ def build_http_service(
     access_log: AccessLog | None = None,
 ) -> HttpProxyService:
     used = [u.config for u in upstreams.values()] or [None]
+    # each backend's peer carries its own upstream's pool size and idle timeout; these are
+    # the defaults for the rest (CONNECT targets), and the shortest idle timeout sets the sweep
     pool_size = max((c.pool_size for c in used if c is not None), default=128)
-    idle = max((c.pool_idle_timeout for c in used if c is not None), default=60.0)
+    idle = min((c.pool_idle_timeout for c in used if c is not None), default=60.0)
     read_timeout = max((c.read_timeout for c in used if c is not None), default=60.0)
     app = GatewayHttp(router, access_log=access_log, connect_ports=frozenset(cfg.connect_ports) if cfg.forward_proxy else None)
     return HttpProxyService(

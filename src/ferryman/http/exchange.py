@@ -185,6 +185,7 @@ class Exchange:
                     header = _proxy_header(peer.proxy_protocol, s)
                     await self.loop.sock_sendall(sock, header)
                 _, conn = await self.loop.create_connection(lambda: UpstreamH1(key, peer.name), sock=sock)
+                conn.max_idle, conn.idle_timeout = peer.pool_size, peer.pool_idle_timeout
             except OSError as exc:
                 sock.close()
                 raise ProxyError(ErrorKind.CONNECT_ERROR, ErrorSource.UPSTREAM, retry=True, context=peer.name) from exc

@@ -100,7 +100,7 @@ class HttpProxyService:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
         self._sweep: DeadlineSweep | None = None
-        self.read_timeout_floor = min((t for t in (header_timeout, body_timeout, keepalive_timeout, upstream_read_timeout) if t), default=60.0)
+        self.read_timeout_floor = min((t for t in (header_timeout, body_timeout, keepalive_timeout, upstream_read_timeout, pool_idle_timeout) if t), default=60.0)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -108,9 +108,12 @@ class HttpProxyService:
             self._pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
         return self._pool
 
-    def _check_read_timeouts(self, now: float) -> None:
+    def _on_tick(self, now: float) -> None:
+        """Each sweep: upstream read timeouts, and idle pooled connections past their time."""
         for exchange in [e for e in self.exchanges if e.read_timeout is not None]:
             exchange.check_read_timeout(now)
+        if self._pool is not None:
+            self._pool.expire(now)
 
     def tighten(self, timeout: float) -> None:
         """A request uses a read timeout shorter than any configured here: sweep faster."""
@@ -129,7 +132,7 @@ class HttpProxyService:
         from .downstream_h1 import DownstreamH1
 
         self.loop = asyncio.get_running_loop()
-        self._sweep = DeadlineSweep(self.loop, self.connections, tick_for((self.read_timeout_floor,)), self._check_read_timeouts)
+        self._sweep = DeadlineSweep(self.loop, self.connections, tick_for((self.read_timeout_floor,)), self._on_tick)
         self._sweep.start()
         self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog)
 

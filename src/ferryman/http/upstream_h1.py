@@ -24,8 +24,10 @@ class UpstreamH1(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser()
         self.listener: Any = None
-        self.idle_handle: asyncio.TimerHandle | None = None
         self.pool: Any = None  # set while idle in a pool
+        self.idle_deadline = 0.0  # while pooled: when it is closed as idle
+        self.max_idle: int | None = None  # its upstream's pool_size (None: the pool's default)
+        self.idle_timeout: float | None = None  # its upstream's pool_idle_timeout
         self.alive = True
         self.keep_alive = True  # cleared by "Connection: close", HTTP/1.0, read-until-close
         self.received = 0  # bytes received for the current exchange
@@ -121,9 +123,6 @@ class UpstreamH1(asyncio.Protocol):
         self.alive = False
         if self.pool is not None:
             self.pool.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
         listener = self.listener
         if listener is not None:
             self.listener = None

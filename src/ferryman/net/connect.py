@@ -110,6 +110,8 @@ class Peer:
     proxy: HttpConnectProxy | None = None
     name: str = field(default="")
     proxy_protocol: int | None = None
+    pool_size: int | None = None  # HTTP: idle connections kept for this peer (None: the service's default)
+    pool_idle_timeout: float | None = None  # HTTP: how long one may stay idle (None: the service's default)
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -153,6 +153,8 @@ def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:
         bind_to=cfg.bind_to,
         proxy=proxy,
         proxy_protocol={"v1": 1, "v2": 2}.get(cfg.proxy_protocol or ""),
+        pool_size=cfg.pool_size,
+        pool_idle_timeout=cfg.pool_idle_timeout,
     )
 
 
