@@ -1,4 +1,4 @@
-"""Command line: ``ferryman run | check | version``."""
+"""Command line: ``ferryman run | check | reload | upgrade | version``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     reload = sub.add_parser("reload", help="validate a config file, then tell the running ferryman (SIGHUP) to load it")
     reload.add_argument("-c", "--config", required=True, help="TOML config file")
     reload.add_argument("--pid", type=int, help="process to signal (default: the config's server.pid_file)")
+    upgrade = sub.add_parser("upgrade", help="validate a config file, then tell the running ferryman (SIGUSR2) to hand its "
+                             "listeners to a new process started from the installed code, and exit once that one serves")
+    upgrade.add_argument("-c", "--config", required=True, help="TOML config file")
+    upgrade.add_argument("--pid", type=int, help="process to signal (default: the config's server.pid_file)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
@@ -37,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.upstreams)} upstreams)")
         return 0
-    if args.command == "reload":
-        return _reload(config, args.pid)
+    if args.command in ("reload", "upgrade"):
+        return _signal(config, args.pid, args.command)
     return _run(config, args.config)
 
 
-def _reload(config, pid: int | None) -> int:  # noqa: ANN001 - Config, imported lazily
+def _signal(config, pid: int | None, command: str) -> int:  # noqa: ANN001 - Config, imported lazily
+    """``reload`` (SIGHUP) or ``upgrade`` (SIGUSR2) the running process."""
     import os
     import signal
 
@@ -56,11 +61,11 @@ def _reload(config, pid: int | None) -> int:  # noqa: ANN001 - Config, imported 
             print(f"ferryman: cannot read pid from {config.server.pid_file}: {exc}", file=sys.stderr)
             return 1
     try:
-        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGHUP if command == "reload" else signal.SIGUSR2)
     except OSError as exc:
         print(f"ferryman: cannot signal process {pid}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"config valid; reload signalled to process {pid}")
+    print(f"config valid; {command} signalled to process {pid}")
     return 0
 
 

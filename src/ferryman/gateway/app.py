@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config.load import load_file
 from ..config.model import Config, ListenerConfig
+from ..net.addr import Address
 from ..errors import ConfigError
 from ..filters.base import Filter
 from ..demo.origin import DemoOrigin
@@ -22,6 +23,7 @@ from ..net.reuseport import attach_port_steering, bind_reuseport_group
 from ..observability.accesslog import AccessLog
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
+from ..server.upgrade import notify_ready, take_listeners, upgrade
 from ..server.watch import FileWatch, WatchService
 from ..server.workers import run_workers
 from ..upstream.resolver import FirstResolution
@@ -30,6 +32,26 @@ from .http import counts_connections
 from .l4 import CountingGatewayL4, GatewayL4, build_listener_service
 
 log = logging.getLogger(__name__)
+
+
+DEMO = "__demo__"  # the demo origin's socket in a binary upgrade's handoff
+
+
+def _take(handed: dict[str, socket.socket], name: str, address: Address, udp: bool) -> socket.socket | None:
+    """A handed-over socket for ``name`` if it listens where the config says, else None."""
+    sock = handed.pop(name, None)
+    if sock is None:
+        return None
+    try:
+        here = sock.getsockname()
+    except OSError:
+        here = None
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    same = sock.type == kind and (here == address.path if address.is_unix else isinstance(here, tuple) and here[1] == address.port)
+    if not same:
+        sock.close()
+        return None
+    return sock
 
 
 class Gateway:
@@ -42,23 +64,45 @@ class Gateway:
         self.groups: dict[str, list[socket.socket]] = {}  # kernel / port balancing: one socket per worker
         self.demo_sock: socket.socket | None = None
 
-    def bind(self) -> None:
-        """Bind every listener now, so a clash or a bad address fails before serving starts."""
+    def bind(self, handed: dict[str, socket.socket] | None = None) -> None:
+        """Bind every listener now, so a clash or a bad address fails before serving starts.
+        ``handed``: sockets an old master passed on (binary upgrade), used where they match."""
+        handed = dict(handed or {})
         try:
             if self.config.demo is not None:
-                self.demo_sock = bind_socket(self.config.demo.addr)
+                self.demo_sock = _take(handed, DEMO, self.config.demo.addr, False) or bind_socket(self.config.demo.addr)
             workers = self.config.server.workers
             for name, cfg in self.config.listeners.items():
+                udp = cfg.protocol == "udp"
                 mode = balance_mode(cfg, workers)
                 if mode in ("kernel", "port"):
-                    group = self.groups[name] = bind_reuseport_group(cfg.addr, workers, backlog=cfg.backlog, udp=cfg.protocol == "udp")
+                    group = [_take(handed, f"{name}#{i}", cfg.addr, udp) for i in range(workers)]
+                    if all(group):
+                        self.groups[name] = group  # type: ignore[assignment]
+                        continue
+                    for sock in group:
+                        if sock is not None:
+                            sock.close()
+                    group = self.groups[name] = bind_reuseport_group(cfg.addr, workers, backlog=cfg.backlog, udp=udp)  # type: ignore[assignment]
                     if mode == "port":
-                        attach_port_steering(group[0], workers)
+                        attach_port_steering(group[0], workers)  # type: ignore[arg-type]
                     continue
-                self.sockets[name] = bind_socket(cfg.addr, udp=cfg.protocol == "udp", backlog=cfg.backlog, reuse_port=cfg.reuse_port)
+                self.sockets[name] = _take(handed, name, cfg.addr, udp) or bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
         except BaseException:
             self.close()
             raise
+        finally:
+            for sock in handed.values():  # listeners the new config no longer has
+                sock.close()
+
+    def master_sockets(self) -> dict[str, socket.socket]:
+        """What a binary upgrade hands on when there are workers: the master's sockets."""
+        out = {name: sock for name, sock in self.sockets.items() if sock.fileno() >= 0}
+        for name, group in self.groups.items():
+            out.update((f"{name}#{i}", sock) for i, sock in enumerate(group))
+        if self.demo_sock is not None and self.demo_sock.fileno() >= 0:
+            out[DEMO] = self.demo_sock
+        return out
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -114,6 +158,9 @@ class Gateway:
         runtime.build(config)
         server.on_reload.append(runtime.reload)
         server.on_reopen.append(runtime.reopen_logs)
+        if config.server.workers == 1:  # with workers, the master handles readiness and upgrades
+            server.on_started.append(notify_ready)
+            server.on_upgrade.append(runtime.upgrade)
         if config.server.watch and self.path is not None and config.server.workers == 1:
             server.add_background(WatchService(self.path, server.request_reload))
         if self.demo_sock is not None:
@@ -191,6 +238,19 @@ class Runtime:
         router = build_router(config, cfg, self.upstreams, self.filters)
         service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log)
         return Listener(cfg, service, access_log)
+
+    async def upgrade(self) -> None:
+        """SIGUSR2 in a single process: hand our listening sockets to a new ferryman started
+        from the installed code; once it serves, drain and exit (a failure keeps us serving)."""
+        if self.gateway.path is None:
+            log.warning("upgrade: no config file to start a new process from")
+            return
+        sockets = {name: listener.service.sock for name, listener in self.listeners.items()}
+        if self.gateway.demo_sock is not None and self.gateway.demo_sock.fileno() >= 0:
+            sockets[DEMO] = self.gateway.demo_sock
+        pid = await asyncio.get_running_loop().run_in_executor(None, upgrade, sockets, str(self.gateway.path))
+        if pid is not None:
+            self.server.shutdown()
 
     def reopen_logs(self) -> None:
         for listener in self.listeners.values():
@@ -340,10 +400,10 @@ class AccessLogService:
 def serve(config: Config, path: str | Path | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads ``path``). Returns the process exit code."""
     gateway = Gateway(config, path)
-    gateway.bind()
+    gateway.bind(take_listeners())
     pid_file = Path(config.server.pid_file) if config.server.pid_file else None
     if pid_file is not None:
-        pid_file.write_text(f"{os.getpid()}\n")
+        pid_file.write_text(f"{os.getpid()}\n")  # after an upgrade: replaces the old master's
     try:
         for name, cfg in config.listeners.items():
             target = f"upstream {cfg.upstream}" if cfg.upstream else f"routes {', '.join(cfg.routes)}"
@@ -356,11 +416,20 @@ def serve(config: Config, path: str | Path | None = None) -> int:
         return run_workers(
             config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close,
             on_reload=gateway.reload_config, changed=watch.poll if watch is not None else None,
+            on_upgrade=lambda: path is not None and upgrade(gateway.master_sockets(), str(path)) is not None,
+            on_started=notify_ready,
         )
     finally:
         gateway.close()
-        if pid_file is not None:
+        if pid_file is not None and _pid_in(pid_file) == os.getpid():  # not a successor's
             pid_file.unlink(missing_ok=True)
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _worker(gateway: Gateway, index: int) -> None:

@@ -50,7 +50,9 @@ class Server:
         self.on_started: list[Callable[[], Awaitable[None] | None]] = []
         self.on_reload: list[Callable[[], Awaitable[bool]]] = []  # run on SIGHUP, one reload at a time
         self.on_reopen: list[Callable[[], None]] = []  # run on SIGUSR1: reopen log files (logrotate)
+        self.on_upgrade: list[Callable[[], Awaitable[None]]] = []  # run on SIGUSR2: binary upgrade
         self._reloading: asyncio.Task | None = None
+        self._upgrading: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
 
     def add_service(self, service: Service) -> None:
@@ -73,7 +75,7 @@ class Server:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or no signal support
-        for sig, handler in ((signal.SIGHUP, self.request_reload), (signal.SIGUSR1, self.reopen_logs)):
+        for sig, handler in ((signal.SIGHUP, self.request_reload), (signal.SIGUSR1, self.reopen_logs), (signal.SIGUSR2, self.request_upgrade)):
             try:
                 loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError, ValueError):
@@ -92,7 +94,7 @@ class Server:
             await self._stop.wait()
         finally:
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
                 try:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
@@ -109,6 +111,18 @@ class Server:
                 await callback()
 
         self._reloading = asyncio.get_running_loop().create_task(run())
+
+    def request_upgrade(self) -> None:
+        """SIGUSR2: start a new ferryman with our listeners; once it serves, drain and exit."""
+        if self._upgrading is not None and not self._upgrading.done():
+            log.warning("SIGUSR2: an upgrade is already under way")
+            return
+
+        async def run() -> None:
+            for callback in self.on_upgrade:
+                await callback()
+
+        self._upgrading = asyncio.get_running_loop().create_task(run())
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (as nginx): reopen log files after logrotate moved them."""

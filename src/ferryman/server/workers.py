@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 RESTART_BACKOFF = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 
 
@@ -27,6 +27,8 @@ def run_workers(
     *,
     on_reload: Callable[[], None] | None = None,
     changed: Callable[[], bool] | None = None,
+    on_upgrade: Callable[[], bool] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> int:
     """Fork ``n`` workers running ``worker_main(index)``; supervise until told to stop.
 
@@ -36,7 +38,9 @@ def run_workers(
     ``on_reload`` runs in the master on SIGHUP before the workers are told, so a worker
     started later (after a crash) starts from the reloaded config; ``changed`` is polled
     about once a second and, when True, acts as a SIGHUP (``server.watch``). SIGUSR1 (reopen
-    logs) is passed on to the workers.
+    logs) is passed on to the workers. On SIGUSR2 ``on_upgrade`` starts a new master; when it
+    returns True (the new one serves) this master stops as on SIGTERM. ``on_started`` runs
+    once the first workers are forked (readiness).
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, tuple[int, float]] = {}  # pid → (index, started)
@@ -44,6 +48,8 @@ def run_workers(
         for index in range(n):
             _spawn(index, worker_main, workers)
         log.info("master %d: %d workers running", os.getpid(), n)
+        if on_started is not None:
+            on_started()
         stopping_since: float | None = None
         while workers:
             timeout = 1.0 if stopping_since is None else max(0.05, stopping_since + grace_period + 2 - time.monotonic())
@@ -55,8 +61,11 @@ def run_workers(
                 elif stopping_since is None and changed is not None and changed():
                     _reload(workers, on_reload)
                 continue
-            if info.si_signo in (signal.SIGTERM, signal.SIGINT) and stopping_since is None:
-                log.info("master: %s received: stopping workers", signal.Signals(info.si_signo).name)
+            upgraded = False
+            if info.si_signo == signal.SIGUSR2 and stopping_since is None and on_upgrade is not None:
+                upgraded = on_upgrade()
+            if (upgraded or info.si_signo in (signal.SIGTERM, signal.SIGINT)) and stopping_since is None:
+                log.info("master: %s: stopping workers", "upgraded" if upgraded else signal.Signals(info.si_signo).name + " received")
                 stopping_since = time.monotonic()
                 if on_stop is not None:
                     on_stop()
