@@ -1,4 +1,5 @@
-"""Binary upgrade under traffic (SIGUSR2 / ``ferryman upgrade``): the old master hands its
+"""Zero downtime under traffic: binary upgrades (SIGUSR2 / ``ferryman upgrade``), 20 reloads
+and a killed worker. In an upgrade the old master hands its
 listening sockets to a new one over SCM_RIGHTS, waits until it serves, then drains and exits.
 Clients run throughout: HTTP on new connections, HTTP keep-alive, and TCP through an L4
 listener. No connection may be refused or fail. A keep-alive request that finds its idle
@@ -197,4 +198,35 @@ def test_a_failed_upgrade_keeps_the_old_master_serving(tmp_path: Path) -> None:
         proc.wait_for(r"listeners.web.protocol: Input should be")
         assert get_ok(http_port)
         assert master_pid(pid_file) == proc.pid
+        assert proc.stop(10) == 0
+
+
+def test_twenty_reloads_and_a_killed_worker_under_traffic(tmp_path: Path) -> None:
+    """Two workers, traffic of every kind: 20 SIGHUP reloads (each changes the config) lose
+    nothing; a worker killed with SIGKILL is replaced and traffic goes on (only that worker's
+    own connections may fail)."""
+    http_port, tcp_port, demo_port = free_port(), free_port(), free_port()
+    pid_file = tmp_path / "ferryman.pid"
+    path = tmp_path / "ferryman.toml"
+    text = config(http_port, tcp_port, demo_port, pid_file, 2)
+    path.write_text(text)
+    with running(path) as proc:
+        proc.wait_ready("tcp")
+        assert get_ok(http_port)
+        with Traffic(http_port, tcp_port) as traffic:
+            wait_until(lambda: all(traffic.done.values()), 10, "traffic of every kind")
+            for generation in range(1, 21):
+                path.write_text(text.replace('body = "ok"', f'body = "ok"\nheaders = {{ "x-generation" = "{generation}" }}'))
+                os.kill(proc.pid, signal.SIGHUP)
+                proc.wait_for(rf"generation {generation + 1} applied", timeout=10)  # both workers log it; one is enough here
+                before = dict(traffic.done)
+                wait_until(lambda: all(traffic.done[k] > before[k] for k in before), 10, "traffic after the reload")
+            assert not traffic.failures, traffic.failures[:5]
+            reload_retries = traffic.retries
+            victim = min(children(proc.pid))
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: gone(victim) and len(children(proc.pid)) == 2, 10, "a replacement worker")
+            before = dict(traffic.done)
+            wait_until(lambda: all(traffic.done[k] > before[k] + 20 for k in before), 15, "traffic after the kill")
+        assert reload_retries <= 2, reload_retries  # reloads close no connection; keep-alive ones stay
         assert proc.stop(10) == 0
