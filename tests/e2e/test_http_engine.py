@@ -488,3 +488,26 @@ async def test_pooled_connections_follow_their_peers_pool_settings() -> None:
         await client.close()
     finally:
         await stop(no_pool, short, server)
+
+
+async def test_a_connection_not_yet_heard_from_is_served_while_draining() -> None:
+    """Its first request may have been sent before the stop: closing it at once would fail it."""
+    server, peer = await origin()
+    proxy = await start_proxy(App(peer))
+    client = await Client.open(proxy)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not proxy.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        proxy.stop_accepting()
+        drain = asyncio.ensure_future(proxy.drain(5.0))
+        await asyncio.sleep(0.05)
+        client.send(get("/echo"))
+        status, headers, _ = await client.response()
+        assert status == 200 and headers.get(b"connection") == b"close"
+        assert await client.closed()
+        await drain
+    finally:
+        await client.close()
+        await stop(server)

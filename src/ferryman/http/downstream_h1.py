@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FIRST_REQUEST_GRACE = 1.0  # seconds a new connection has for its first request once draining
+
 
 class DownstreamH1(asyncio.Protocol):
     """One client connection. Reading pauses while a pipelined request waits its turn or
@@ -332,9 +334,16 @@ class DownstreamH1(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def shutdown(self) -> None:
-        """Graceful stop: an idle connection closes now, a busy one after its exchange."""
+        """Graceful stop: an idle keep-alive connection closes now, a busy one after its
+        exchange. A connection accepted but not yet heard from gets a moment for its first
+        request, which may be on its way (closing it would fail a request that was sent
+        before the stop); one whose head is arriving keeps its header timeout."""
         self.keep_alive = False
-        if self.exchange is None:
+        if self.exchange is not None or self._head_started:
+            return
+        if self.requests == 0 and self._proxy_buf is None:
+            self.deadline = min(self.deadline, self.loop.time() + FIRST_REQUEST_GRACE)
+        else:
             self.close()
 
     # timeouts (checked by the service's DeadlineSweep) ---------------------------------------
