@@ -76,3 +76,51 @@ def test_each_balance_mode_spreads_connections_as_it_says(tmp_path: Path, balanc
             assert by_parity[0] != by_parity[1]
     elif balance == "kernel":
         assert len(spread) == 2  # the 4-tuple hash spreads 40 connections over both
+
+
+@pytest.mark.parametrize("worker", [0, 1])
+def test_source_port_affinity_connects_from_ports_of_the_workers_residue(tmp_path: Path, worker: int) -> None:
+    """Only ``balance_worker`` serves the listener, so every upstream connection is its own:
+    each must come from a local port p with p % 2 == worker."""
+    import socketserver
+    import threading
+
+    seen: list[int] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.client_address[1])
+            self.request.sendall(b"hi")
+
+    origin = socketserver.ThreadingTCPServer((LOCAL, 0), Handler)
+    origin.daemon_threads = True
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    port = free_port()
+    path = tmp_path / "ferryman.toml"
+    path.write_text(f"""
+[server]
+workers = 2
+grace_period = "1s"
+
+[listeners.tcp]
+addr = "{LOCAL}:{port}"
+upstream = "origin"
+balance = "fixed"
+balance_worker = {worker}
+
+[upstreams.origin]
+backends = ["{LOCAL}:{origin.server_address[1]}"]
+source_port_affinity = true
+""")
+    try:
+        with running(path) as proc:
+            proc.wait_ready("tcp")
+            for _ in range(10):
+                with socket.create_connection((LOCAL, port), timeout=10) as sock:
+                    assert sock.recv(2) == b"hi"
+            assert proc.stop(10) == 0
+    finally:
+        origin.shutdown()
+        origin.server_close()
+    assert len(seen) == 10
+    assert {p % 2 for p in seen} == {worker}, seen

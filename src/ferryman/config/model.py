@@ -133,6 +133,9 @@ class UpstreamConfig(Strict):
     nodelay: bool = True
     tcp_keepalive: TcpKeepaliveConfig | None = None
     bind_to: SocketAddress | None = None
+    # with workers: connect from a local port p with p % workers == this worker's index, so a
+    # ferryman in front of these backends balancing by `port` keeps the flow on one worker index
+    source_port_affinity: bool = False
     connect_proxy: SocketAddress | None = None  # reach backends through an HTTP CONNECT proxy
     health_check: HealthCheckConfig | None = None
     passive_health: PassiveHealthConfig | None = None

@@ -21,7 +21,7 @@ from ..net.listener import bind_socket
 from ..net.pump import PipePool
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
 from ..observability.accesslog import AccessLog
-from ..runtime.upstreams import Upstream, build_upstreams
+from ..runtime.upstreams import Upstream, build_upstreams, set_worker
 from ..server import Server, install_uvloop
 from ..server.upgrade import notify_ready, take_listeners, upgrade
 from ..server.watch import FileWatch, WatchService
@@ -194,6 +194,7 @@ class Runtime:
 
     def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
         self.gateway, self.server, self.worker = gateway, server, worker
+        set_worker(worker, gateway.config.server.workers)
         self.config: Config | None = None
         self.upstreams: dict[str, Upstream] = {}
         self.filters: dict[str, Filter] = {}

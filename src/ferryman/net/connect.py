@@ -21,6 +21,7 @@ import httptools
 from ferryman.errors import ErrorKind, ErrorSource, ProxyError
 from ferryman.net.addr import Address
 from ferryman.net.reactor import reactor_for
+from ferryman.net.source_port import connect_with_port_affinity
 
 __all__ = [
     "MAX_CONNECT_HEAD",
@@ -112,6 +113,7 @@ class Peer:
     proxy_protocol: int | None = None
     pool_size: int | None = None  # HTTP: idle connections kept for this peer (None: the service's default)
     pool_idle_timeout: float | None = None  # HTTP: how long one may stay idle (None: the service's default)
+    port_affinity: tuple[int, int] | None = None  # (worker, workers): a source port p with p % workers == worker
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -182,6 +184,12 @@ async def _dial(target: Address, peer: Peer, label: str) -> socket.socket:
         else:
             async with asyncio.timeout(timeout):
                 family, sockaddr = await _resolve(loop, target, peer.bind_to)
+        if peer.port_affinity is not None and family != socket.AF_UNIX and peer.bind_to is None:
+            worker, workers = peer.port_affinity
+            return await connect_with_port_affinity(
+                loop, sockaddr, worker, workers, timeout=timeout,  # type: ignore[arg-type]
+                prepare=lambda s: tune_socket(s, nodelay=peer.nodelay, keepalive=peer.tcp_keepalive),
+            )
         sock = _open_socket(family, peer, label)
         try:
             await _sock_connect(loop, sock, sockaddr, deadline)
