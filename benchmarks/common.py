@@ -431,7 +431,7 @@ class Contender:
         return next((s for s in self.services if not s.alive()), None)
 
 
-def nginx_main_block(workdir: Path, name: str) -> str:
+def nginx_main_block(workdir: Path, name: str, workers: int = 1) -> str:
     """Top of an nginx.conf for a foreground, single-worker instance living in ``workdir``.
 
     Run as root, nginx would switch its worker to ``nobody``, which cannot enter the private
@@ -442,7 +442,7 @@ def nginx_main_block(workdir: Path, name: str) -> str:
 {user}
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile 16384;
 pid {workdir}/{name}.pid;
 error_log {workdir}/{name}-error.log warn;

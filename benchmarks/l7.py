@@ -126,18 +126,28 @@ MITM_NOTE = (
     "`bash benchmarks/install.sh --with-mitmproxy`); only with `--with-mitmproxy`. "
     "Issue target: ferryman ≥ 20x mitmproxy."
 )
+WORKERS_NOTE = (
+    "ferryman-2w: `[server] workers = 2`, the listener `balance = \"kernel\"` (one SO_REUSEPORT "
+    "socket per worker); nginx-2w: `worker_processes 2`. Both only with --with-ferryman-2w "
+    "--with-nginx-2w. Issue target: ferryman-2w ≥ 1.0x nginx-2w. wrk, the origin and the "
+    "proxies share the machine's 2 cores."
+)
 COMPARISONS = (
     Comparison("product gateway: routes + headers filter vs one upstream", "small-keepalive",
                "ferryman-routes", "ferryman", (ROUTES_NOTE,)),
     Comparison("ferryman vs mitmproxy (reverse mode)", "small-keepalive", "ferryman",
                "mitmproxy", (MITM_NOTE,)),
+    Comparison("two workers: ferryman vs nginx", "small-keepalive", "ferryman-2w", "nginx-2w",
+               (WORKERS_NOTE,)),
+    Comparison("ferryman: two workers vs one", "small-keepalive", "ferryman-2w", "ferryman",
+               (WORKERS_NOTE,)),
 )
 
 
 # --------------------------------------------------------------------------- setup
 
 
-def start_nginx_proxy(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
+def start_nginx_proxy(group: ProcessGroup, workdir: Path, origin: int, workers: int = 1) -> Contender:
     (port,) = free_ports(1)
     body = f"""
     upstream origin {{
@@ -154,8 +164,9 @@ def start_nginx_proxy(group: ProcessGroup, workdir: Path, origin: int) -> Conten
             proxy_set_header Connection "";
         }}
     }}"""
-    conf = nginx_main_block(workdir, "nginx") + nginx_http_block(workdir, "nginx", body)
-    return Contender("nginx", port, [start_nginx(group, workdir, "nginx", conf)])
+    name = "nginx" if workers == 1 else f"nginx-{workers}w"
+    conf = nginx_main_block(workdir, name, workers) + nginx_http_block(workdir, name, body)
+    return Contender(name, port, [start_nginx(group, workdir, name, conf)], scenarios=None if workers == 1 else ONLY_SMALL)
 
 
 def start_haproxy_http(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
@@ -187,17 +198,18 @@ backend origin
     return Contender("haproxy", port, [start_haproxy(group, workdir, conf)])
 
 
-def ferryman_conf(port: int, origin: int, target: str) -> str:
-    """A one-worker ferryman config: an http listener on ``port`` whose ``target`` lines
-    (``upstream = ...`` or ``routes = [...]``) say where requests go."""
+def ferryman_conf(port: int, origin: int, target: str, workers: int = 1) -> str:
+    """A ferryman config: an http listener on ``port`` whose ``target`` lines (``upstream =
+    ...`` or ``routes = [...]``) say where requests go; with workers, reuseport balancing."""
     return f"""
 [server]
-workers = 1
+workers = {workers}
 log_level = "warning"
 
 [listeners.http]
 addr = "127.0.0.1:{port}"
 protocol = "http"
+balance = "{'kernel' if workers > 1 else 'shared'}"
 {target}
 
 [upstreams.origin]
@@ -234,6 +246,13 @@ def start_ferryman_http(group: ProcessGroup, workdir: Path, origin: int) -> Cont
     (port,) = free_ports(1)
     conf = ferryman_conf(port, origin, 'upstream = "origin"')
     return Contender("ferryman", port, [start_ferryman(group, workdir, conf)])
+
+
+def start_ferryman_workers(group: ProcessGroup, workdir: Path, origin: int, workers: int) -> Contender:
+    (port,) = free_ports(1)
+    conf = ferryman_conf(port, origin, 'upstream = "origin"', workers)
+    name = f"ferryman-{workers}w"
+    return Contender(name, port, [start_ferryman(group, workdir, conf, name=name)], scenarios=ONLY_SMALL)
 
 
 def start_ferryman_routes(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
@@ -315,6 +334,8 @@ def start(
         "ferryman": lambda: start_ferryman_http(group, workdir, origin_port),
         "ferryman-routes": lambda: start_ferryman_routes(group, workdir, origin_port),
         "mitmproxy": lambda: start_mitmproxy(group, workdir, origin_port),
+        "ferryman-2w": lambda: start_ferryman_workers(group, workdir, origin_port, 2),
+        "nginx-2w": lambda: start_nginx_proxy(group, workdir, origin_port, 2),
     }
     contenders = [starters[n]() for n in names]
     settle_contenders(contenders, lambda c: [c.ports], check_verify)
@@ -380,7 +401,11 @@ HARNESS = Harness(
     check=check,
     notes=NOTES,
     meta={"wrk": {"threads": 1, "runs": WRK_RUNS}, "ferryman_routes": ROUTES},
-    optional={"mitmproxy": "mitmdump in reverse mode, small-keepalive only"},
+    optional={
+        "mitmproxy": "mitmdump in reverse mode, small-keepalive only",
+        "ferryman-2w": "ferryman with 2 workers (reuseport balancing), small-keepalive only",
+        "nginx-2w": "nginx with 2 worker processes, small-keepalive only",
+    },
     comparisons=COMPARISONS,
     extra_versions=extra_versions,
 )
