@@ -52,14 +52,15 @@ def served(log: Path, count: int) -> list[tuple[int, int]]:
     return [(line["pid"], line["remote_port"]) for line in map(json.loads, log.read_text().splitlines())]
 
 
-@pytest.mark.parametrize("balance", ["shared", "kernel", "port", "fixed"])
+@pytest.mark.parametrize("balance", ["shared", "kernel", "port", "fixed", "least_conn"])
 def test_each_balance_mode_spreads_connections_as_it_says(tmp_path: Path, balance: str) -> None:
     port, log = free_port(), tmp_path / "access.log"
     path = tmp_path / "ferryman.toml"
     path.write_text(config(port, log, balance))
     with running(path) as proc:
         proc.wait_ready()
-        wait_until(lambda: len(children(proc.pid)) == 2, 10, "two workers")
+        processes = 3 if balance == "least_conn" else 2  # least_conn: plus the balancing process
+        wait_until(lambda: len(children(proc.pid)) == processes, 10, "the workers")
         workers = sorted(children(proc.pid))
         for _ in range(40):
             one_request(port)
@@ -76,6 +77,8 @@ def test_each_balance_mode_spreads_connections_as_it_says(tmp_path: Path, balanc
             assert by_parity[0] != by_parity[1]
     elif balance == "kernel":
         assert len(spread) == 2  # the 4-tuple hash spreads 40 connections over both
+    elif balance == "least_conn":
+        assert sorted(spread.values()) == [20, 20], spread  # equal loads: the winner rotates
 
 
 @pytest.mark.parametrize("worker", [0, 1])
@@ -124,3 +127,79 @@ source_port_affinity = true
         origin.server_close()
     assert len(seen) == 10
     assert {p % 2 for p in seen} == {worker}, seen
+
+
+def test_least_conn_passes_tcp_connections_to_the_least_busy_worker(tmp_path: Path) -> None:
+    """Connections held open pile up on no worker: the balancing process sends each new one
+    to the worker with fewer live connections."""
+    import socketserver
+    import threading
+
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while data := self.request.recv(4096):
+                self.request.sendall(data)
+
+    origin = socketserver.ThreadingTCPServer((LOCAL, 0), Echo)
+    origin.daemon_threads = True
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    port = free_port()
+    path = tmp_path / "ferryman.toml"
+    path.write_text(f"""
+[server]
+workers = 2
+grace_period = "1s"
+
+[listeners.tcp]
+addr = "{LOCAL}:{port}"
+upstream = "origin"
+balance = "least_conn"
+
+[upstreams.origin]
+backends = ["{LOCAL}:{origin.server_address[1]}"]
+""")
+    held = []
+    try:
+        with running(path) as proc:
+            proc.wait_ready("tcp")
+            proc.wait_for(r"balancer \d+: passing connections of tcp")
+            wait_until(lambda: len(children(proc.pid)) == 3, 10, "two workers and the balancer")
+            for i in range(8):
+                sock = socket.create_connection((LOCAL, port), timeout=10)
+                sock.sendall(b"ping %d" % i)
+                assert sock.recv(100) == b"ping %d" % i
+                held.append(sock)
+            workers = children(proc.pid)
+            per_worker = {pid: _established(pid, port) for pid in workers}
+            assert sorted(per_worker.values()) == [0, 4, 4], per_worker  # the balancer holds none
+            for sock in held:
+                sock.close()
+            assert proc.stop(10) == 0
+    finally:
+        for sock in held:
+            sock.close()
+        origin.shutdown()
+        origin.server_close()
+
+
+def _established(pid: int, port: int) -> int:
+    """Sockets of process ``pid`` that are client connections accepted on ``port``."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED
+                count += 1
+    return count

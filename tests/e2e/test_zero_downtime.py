@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import threading
@@ -20,7 +21,7 @@ import pytest
 from support.process import LOCAL, children, ferryman_cli, free_port, gone, running, wait_until
 
 
-def config(http_port: int, tcp_port: int, demo_port: int, pid_file: Path, workers: int) -> str:
+def config(http_port: int, tcp_port: int, demo_port: int, pid_file: Path, workers: int, balance: str = "shared") -> str:
     return f"""
 [server]
 workers = {workers}
@@ -34,10 +35,12 @@ addr = "{LOCAL}:{demo_port}"
 addr = "{LOCAL}:{http_port}"
 protocol = "http"
 routes = ["all"]
+balance = "{balance}"
 
 [listeners.tcp]
 addr = "{LOCAL}:{tcp_port}"
 upstream = "demo"
+balance = "{balance}"
 
 [routes.all]
 filters = ["answer"]
@@ -143,12 +146,12 @@ def master_pid(pid_file: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_three_binary_upgrades_under_traffic_lose_nothing(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize(("workers", "balance"), [(1, "shared"), (2, "shared"), (2, "kernel"), (2, "least_conn")])
+def test_three_binary_upgrades_under_traffic_lose_nothing(tmp_path: Path, workers: int, balance: str) -> None:
     http_port, tcp_port, demo_port = free_port(), free_port(), free_port()
     pid_file = tmp_path / "ferryman.pid"
     path = tmp_path / "ferryman.toml"
-    path.write_text(config(http_port, tcp_port, demo_port, pid_file, workers))
+    path.write_text(config(http_port, tcp_port, demo_port, pid_file, workers, balance))
     masters: list[int] = []
     try:
         with running(path) as proc:
@@ -173,8 +176,8 @@ def test_three_binary_upgrades_under_traffic_lose_nothing(tmp_path: Path, worker
             assert not traffic.failures, traffic.failures[:5]
             assert all(count > 0 for count in traffic.done.values()), traffic.done
             assert traffic.retries <= 3 * 2, traffic.retries  # at most a couple of idle-close races per upgrade
-            if workers > 1:
-                assert len(children(masters[-1])) == workers
+            if workers > 1:  # least_conn: plus the balancing process
+                assert len(children(masters[-1])) == workers + (balance == "least_conn")
             os.kill(masters[-1], signal.SIGTERM)
             wait_until(lambda: gone(masters[-1]), 15, "the last master to stop")
             assert not pid_file.exists()
@@ -201,14 +204,15 @@ def test_a_failed_upgrade_keeps_the_old_master_serving(tmp_path: Path) -> None:
         assert proc.stop(10) == 0
 
 
-def test_twenty_reloads_and_a_killed_worker_under_traffic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("balance", ["shared", "least_conn"])
+def test_twenty_reloads_and_a_killed_worker_under_traffic(tmp_path: Path, balance: str) -> None:
     """Two workers, traffic of every kind: 20 SIGHUP reloads (each changes the config) lose
     nothing; a worker killed with SIGKILL is replaced and traffic goes on (only that worker's
     own connections may fail)."""
     http_port, tcp_port, demo_port = free_port(), free_port(), free_port()
     pid_file = tmp_path / "ferryman.pid"
     path = tmp_path / "ferryman.toml"
-    text = config(http_port, tcp_port, demo_port, pid_file, 2)
+    text = config(http_port, tcp_port, demo_port, pid_file, 2, balance)
     path.write_text(text)
     with running(path) as proc:
         proc.wait_ready("tcp")
@@ -223,10 +227,17 @@ def test_twenty_reloads_and_a_killed_worker_under_traffic(tmp_path: Path) -> Non
                 wait_until(lambda: all(traffic.done[k] > before[k] for k in before), 10, "traffic after the reload")
             assert not traffic.failures, traffic.failures[:5]
             reload_retries = traffic.retries
-            victim = min(children(proc.pid))
+            processes = len(children(proc.pid))
+            victim = min(children(proc.pid))  # a worker, or with least_conn maybe the balancer
             os.kill(victim, signal.SIGKILL)
-            wait_until(lambda: gone(victim) and len(children(proc.pid)) == 2, 10, "a replacement worker")
+            wait_until(lambda: gone(victim) and len(children(proc.pid)) == processes, 10, "a replacement process")
             before = dict(traffic.done)
             wait_until(lambda: all(traffic.done[k] > before[k] + 20 for k in before), 15, "traffic after the kill")
+            if balance == "least_conn":  # the balancing process dies too: the master restarts it
+                balancer = int(re.search(r"balancer (\d+):", proc.wait_for(r"balancer \d+: passing")).group(1))
+                os.kill(balancer, signal.SIGKILL)
+                wait_until(lambda: gone(balancer) and len(children(proc.pid)) == processes, 10, "a new balancer")
+                before = dict(traffic.done)
+                wait_until(lambda: all(traffic.done[k] > before[k] + 20 for k in before), 15, "traffic after the balancer's restart")
         assert reload_retries <= 2, reload_retries  # reloads close no connection; keep-alive ones stay
         assert proc.stop(10) == 0

@@ -251,8 +251,9 @@ class ListenerConfig(Strict):
     reuse_port: bool = False
     # with several workers: which worker accepts a connection (Seastar's choices). shared: one
     # socket, any worker; kernel: one SO_REUSEPORT socket per worker, the kernel hashes;
-    # port: the client port modulo workers (a reuseport BPF program); fixed: balance_worker only
-    balance: Literal["shared", "kernel", "port", "fixed"] = "shared"
+    # port: the client port modulo workers (a reuseport BPF program); fixed: balance_worker only;
+    # least_conn: a balancing process accepts and passes each connection to the least busy worker
+    balance: Literal["shared", "kernel", "port", "fixed", "least_conn"] = "shared"
     balance_worker: int = Field(default=0, ge=0)
     # udp
     max_sessions: int = Field(default=10000, ge=1)

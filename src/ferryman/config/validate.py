@@ -44,6 +44,8 @@ def _check_balance(listeners: dict, server: Any) -> list[tuple[str, str]]:
         addr = listener.get("addr")
         if listener.get("balance") in ("kernel", "port") and isinstance(addr, str) and addr.startswith("unix:"):
             errors.append((f"listeners.{name}.balance", "kernel and port balancing need an IP address (SO_REUSEPORT), not a Unix socket"))
+        if listener.get("balance") == "least_conn" and listener.get("protocol") == "udp":
+            errors.append((f"listeners.{name}.balance", "least_conn passes connections to workers: not for udp listeners"))
     return errors
 
 

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
+import signal
 import socket
 from typing import Any
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..filters.base import Filter
 from ..demo.origin import DemoOrigin
 from ..net.connect import Connector
 from ..net.listener import bind_socket
+from ..net.handoff import BalancedAcceptor, ConnectionDispatcher
 from ..net.pump import PipePool
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
 from ..observability.accesslog import AccessLog
@@ -62,6 +64,8 @@ class Gateway:
         self.path = path  # re-read on reload (SIGHUP / ferryman reload)
         self.sockets: dict[str, socket.socket] = {}
         self.groups: dict[str, list[socket.socket]] = {}  # kernel / port balancing: one socket per worker
+        # least_conn: the dispatcher (used by the balancing process) and each worker's channel end
+        self.channels: dict[str, tuple[ConnectionDispatcher, list[socket.socket]]] = {}
         self.demo_sock: socket.socket | None = None
 
     def bind(self, handed: dict[str, socket.socket] | None = None) -> None:
@@ -88,6 +92,8 @@ class Gateway:
                         attach_port_steering(group[0], workers)  # type: ignore[arg-type]
                     continue
                 self.sockets[name] = _take(handed, name, cfg.addr, udp) or bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
+                if mode == "least_conn":
+                    self.channels[name] = ConnectionDispatcher.create(workers)
         except BaseException:
             self.close()
             raise
@@ -110,6 +116,57 @@ class Gateway:
         for group in self.groups.values():
             for sock in group:
                 sock.close()
+        for dispatcher, ends in self.channels.values():
+            dispatcher.close()
+            for end in ends:
+                end.close()
+
+    def channel_for(self, name: str, worker: int) -> socket.socket | None:
+        """least_conn, in a worker: its end of the listener's channel (the other ends, and
+        the dispatcher's, are closed here: the master keeps them)."""
+        found = self.channels.get(name)
+        if found is None:
+            return None
+        dispatcher, ends = found
+        for sock in dispatcher.channels:
+            sock.close()
+        for index, end in enumerate(ends):
+            if index != worker:
+                end.close()
+        return ends[worker]
+
+    def balance_main(self) -> None:
+        """The balancing process of least_conn listeners: accept and pass each connection
+        to the worker with the fewest, until SIGTERM. Restarted by the master if it dies."""
+        install_uvloop()
+        asyncio.run(self._balance())
+
+    async def _balance(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # listener changes need a restart
+        acceptors = []
+        for name, (dispatcher, ends) in self.channels.items():
+            for end in ends:
+                end.close()  # the master keeps the workers' ends
+            dispatcher.attach(loop)
+            acceptor = BalancedAcceptor(loop, self.sockets[name], dispatcher)
+            acceptor.start()
+            acceptors.append(acceptor)
+        for name, sock in self.sockets.items():
+            if name not in self.channels:
+                sock.close()
+        for group in self.groups.values():
+            for sock in group:
+                sock.close()
+        if self.demo_sock is not None:
+            self.demo_sock.close()
+        log.info("balancer %d: passing connections of %s to the least busy worker", os.getpid(), ", ".join(self.channels))
+        await stop.wait()
+        for acceptor in acceptors:
+            acceptor.close()
         if self.demo_sock is not None:
             self.demo_sock.close()
 
@@ -217,7 +274,7 @@ class Runtime:
                 self.gateway.sockets[name].close()  # another worker serves it
                 continue
             sock = self.gateway.socket_for(name, cfg, self.worker)
-            listener = self._make(name, cfg, sock)
+            listener = self._make(name, cfg, sock, self.gateway.channel_for(name, self.worker))
             self.listeners[name] = listener
             self.server.add_service(listener.service)
         for upstream in self.upstreams.values():
@@ -227,17 +284,17 @@ class Runtime:
                 self.server.add_background(upstream.resolver)
         self.generation = 1
 
-    def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket) -> Listener:
+    def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
         config = self.config
         assert config is not None
         if cfg.protocol != "http":
-            service = build_listener_service(name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock)  # type: ignore[index]
+            service = build_listener_service(name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock, channel=channel)  # type: ignore[index]
             return Listener(cfg, service, None)
         access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
         if access_log is not None:
             self.server.add_background(AccessLogService(access_log))
         router = build_router(config, cfg, self.upstreams, self.filters)
-        service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log)
+        service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel)
         return Listener(cfg, service, access_log)
 
     async def upgrade(self) -> None:
@@ -333,7 +390,10 @@ class Runtime:
     def _swap(self, old: Listener, cfg: ListenerConfig) -> bool:
         """Point an unchanged listener at the new generation; False when it must be rebuilt."""
         if old.cfg.model_dump(exclude={"routes", "upstream"}) != cfg.model_dump(exclude={"routes", "upstream"}):
-            return False
+            if getattr(old.service, "channel", None) is None:
+                return False
+            # a least_conn listener's channel comes from before the fork: keep the service
+            log.warning("reload: listener settings of least_conn listener %r apply at the next restart", cfg.addr)
         service = old.service
         if cfg.protocol == "http":
             service.app.router = build_router(self.config, cfg, self.upstreams, self.filters)  # type: ignore[arg-type]
@@ -416,6 +476,7 @@ def serve(config: Config, path: str | Path | None = None) -> int:
         watch = FileWatch(path) if config.server.watch and path is not None else None
         return run_workers(
             config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close,
+            balancer_main=gateway.balance_main if gateway.channels else None,
             on_reload=gateway.reload_config, changed=watch.poll if watch is not None else None,
             on_upgrade=lambda: path is not None and upgrade(gateway.master_sockets(), str(path)) is not None,
             on_started=notify_ready,

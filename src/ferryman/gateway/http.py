@@ -325,7 +325,7 @@ def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstr
 
 def build_http_service(
     name: str, cfg: ListenerConfig, router: Router, sock: socket.socket, connector: Connector, upstreams: dict[str, Upstream],
-    access_log: AccessLog | None = None,
+    access_log: AccessLog | None = None, channel: socket.socket | None = None,
 ) -> HttpProxyService:
     used = [u.config for u in upstreams.values()] or [None]
     # each backend's peer carries its own upstream's pool size and idle timeout; these are
@@ -353,4 +353,5 @@ def build_http_service(
         accept_proxy=cfg.proxy_protocol,
         proxy_trusted=cfg.proxy_protocol_trusted,
         proxy_header_timeout=cfg.proxy_protocol_timeout,
+        channel=channel,
     )

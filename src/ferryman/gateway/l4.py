@@ -73,7 +73,8 @@ class CountingGatewayL4(GatewayL4):
 
 
 def build_listener_service(
-    name: str, cfg: ListenerConfig, upstream: Upstream, *, pipes: PipePool, connector: Connector, sock: socket.socket | None = None
+    name: str, cfg: ListenerConfig, upstream: Upstream, *, pipes: PipePool, connector: Connector, sock: socket.socket | None = None,
+    channel: socket.socket | None = None,
 ) -> Any:
     """Bind (unless given a socket) and wrap one tcp/udp listener in its service."""
     udp = cfg.protocol == "udp"
@@ -95,4 +96,5 @@ def build_listener_service(
         idle_timeout=cfg.idle_timeout,
         termination_delay=cfg.termination_delay,
         splice=cfg.splice,
+        channel=channel,
     )

@@ -141,6 +141,8 @@ class DownstreamH1(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_timer()
+        if self.service.receiver is not None:
+            self.service.receiver.release()  # least_conn: this worker has one connection fewer
         if self.detached:
             return  # the socket lives on in a splice pump
         self.service.connections.discard(self)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from ..net.connect import Connector
+from ..net.handoff import ConnectionReceiver
 from ..net.pump import PipePool
 from ..net.sweep import DeadlineSweep, tick_for
 from ..upstream.pool import ConnectionPool
@@ -66,8 +67,11 @@ class HttpProxyService:
         accept_proxy: bool = False,
         proxy_trusted: Sequence[IPv4Network | IPv6Network] = (),
         proxy_header_timeout: float = 5.0,
+        channel: socket.socket | None = None,
     ) -> None:
         self.backlog = backlog
+        self.channel = channel  # least_conn: connections arrive here (SCM_RIGHTS), not by accept
+        self.receiver: ConnectionReceiver | None = None
         self.name = name
         self.sock = sock
         self.app = app
@@ -134,11 +138,30 @@ class HttpProxyService:
         self.loop = asyncio.get_running_loop()
         self._sweep = DeadlineSweep(self.loop, self.connections, tick_for((self.read_timeout_floor,)), self._on_tick)
         self._sweep.start()
+        if self.channel is not None:
+            self.receiver = ConnectionReceiver(self.loop, self.channel, self._adopt)
+            self.receiver.start()
+            return
         self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog)
+
+    def _adopt(self, conn: socket.socket, peer: object) -> None:
+        """A connection the balancing process accepted and passed to this worker."""
+        from .downstream_h1 import DownstreamH1
+
+        async def adopt() -> None:
+            try:
+                await self.loop.connect_accepted_socket(lambda: DownstreamH1(self), sock=conn)
+            except OSError:
+                conn.close()
+                self.receiver.release()  # type: ignore[union-attr]
+
+        self.loop.create_task(adopt())
 
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.receiver is not None:
+            self.receiver.close()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight requests finish (idle keep-alive connections close now), then close."""

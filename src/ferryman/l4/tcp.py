@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..net.connect import Connector, Peer
+from ..net.handoff import ConnectionReceiver
 from ..net.listener import Acceptor
 from ..net.pump import PipePool, SplicePump, TransportPump
 from ..protocol import proxy_protocol
@@ -50,9 +51,11 @@ class TcpProxyService:
         idle_timeout: float | None = 600.0,
         termination_delay: float | None = None,
         splice: str = "auto",
+        channel: socket.socket | None = None,
     ) -> None:
         self.name = name
         self.sock = sock
+        self.channel = channel  # least_conn: receive connections here instead of accepting on sock
         self.app = app
         self.connector = connector or Connector()
         self.pipes = pipes or PipePool()
@@ -79,7 +82,10 @@ class TcpProxyService:
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
-        self._acceptor = Acceptor(loop, self.sock, self._on_accept, max_connections=self.max_connections)
+        if self.channel is not None:  # least_conn: connections come from the balancing process
+            self._acceptor = ConnectionReceiver(loop, self.channel, self._on_accept, max_connections=self.max_connections)  # type: ignore[assignment]
+        else:
+            self._acceptor = Acceptor(loop, self.sock, self._on_accept, max_connections=self.max_connections)
         self._acceptor.start()
 
     def stop_accepting(self) -> None:

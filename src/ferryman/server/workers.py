@@ -29,6 +29,7 @@ def run_workers(
     changed: Callable[[], bool] | None = None,
     on_upgrade: Callable[[], bool] | None = None,
     on_started: Callable[[], None] | None = None,
+    balancer_main: Callable[[], None] | None = None,
 ) -> int:
     """Fork ``n`` workers running ``worker_main(index)``; supervise until told to stop.
 
@@ -40,13 +41,19 @@ def run_workers(
     about once a second and, when True, acts as a SIGHUP (``server.watch``). SIGUSR1 (reopen
     logs) is passed on to the workers. On SIGUSR2 ``on_upgrade`` starts a new master; when it
     returns True (the new one serves) this master stops as on SIGTERM. ``on_started`` runs
-    once the first workers are forked (readiness).
+    once the first workers are forked (readiness). ``balancer_main`` runs in one more
+    supervised process (index -1), the one that accepts for least_conn listeners.
     """
+    if balancer_main is not None:
+        worker_main = _with_balancer(worker_main, balancer_main)
+
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, tuple[int, float]] = {}  # pid → (index, started)
     try:
         for index in range(n):
             _spawn(index, worker_main, workers)
+        if balancer_main is not None:
+            _spawn(-1, worker_main, workers)
         log.info("master %d: %d workers running", os.getpid(), n)
         if on_started is not None:
             on_started()
@@ -82,6 +89,18 @@ def run_workers(
         for pid in workers:
             _kill(pid, signal.SIGKILL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+def _with_balancer(worker_main: Callable[[int], None], balancer_main: Callable[[], None]) -> Callable[[int], None]:
+    """One entry point for every supervised process: index -1 is the balancer."""
+
+    def main(index: int) -> None:
+        if index < 0:
+            balancer_main()
+        else:
+            worker_main(index)
+
+    return main
 
 
 def _reload(workers: dict[int, tuple[int, float]], on_reload: Callable[[], None] | None) -> None:
