@@ -203,3 +203,30 @@ def _established(pid: int, port: int) -> int:
             if local_port == port and fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED
                 count += 1
     return count
+
+
+def test_a_rate_limit_holds_for_the_whole_proxy_across_workers(tmp_path: Path) -> None:
+    """Connections spread over two workers (kernel balancing); the workers share the limit's
+    counts, so a client gets its rate once, not once per worker."""
+    port, log = free_port(), tmp_path / "access.log"
+    path = tmp_path / "ferryman.toml"
+    path.write_text(config(port, log, "kernel").replace('filters = ["answer"]', 'filters = ["limit", "answer"]') + """
+[filters.limit]
+kind = "ratelimit"
+rate = "10/m"
+""")
+    statuses = []
+    with running(path) as proc:
+        proc.wait_ready()
+        for _ in range(40):
+            with socket.create_connection((LOCAL, port), timeout=10) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+                statuses.append(int(data.split(b" ", 2)[1]))
+        lines = served(log, 40)
+        assert proc.stop(10) == 0
+    assert len({pid for pid, _ in lines}) == 2  # both workers answered
+    assert statuses.count(200) in (10, 11), statuses  # 11: a same-instant race between workers
+    assert statuses.count(429) == 40 - statuses.count(200)

@@ -19,11 +19,13 @@ from ..filters.base import Filter
 from ..demo.origin import DemoOrigin
 from ..net.connect import Connector
 from ..net.listener import bind_socket
+from ..limits.shared_rate import RateBoard
 from ..net.handoff import BalancedAcceptor, ConnectionDispatcher
 from ..net.pump import PipePool
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
 from ..observability.accesslog import AccessLog
-from ..runtime.upstreams import Upstream, build_upstreams, set_worker
+from ..runtime import process
+from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server, install_uvloop
 from ..server.upgrade import notify_ready, take_listeners, upgrade
 from ..server.watch import FileWatch, WatchService
@@ -66,6 +68,8 @@ class Gateway:
         self.groups: dict[str, list[socket.socket]] = {}  # kernel / port balancing: one socket per worker
         # least_conn: the dispatcher (used by the balancing process) and each worker's channel end
         self.channels: dict[str, tuple[ConnectionDispatcher, list[socket.socket]]] = {}
+        # rate limits counted across workers (created here, in the master, before the fork)
+        self.rate_board = RateBoard(config.server.workers) if config.server.workers > 1 else None
         self.demo_sock: socket.socket | None = None
 
     def bind(self, handed: dict[str, socket.socket] | None = None) -> None:
@@ -251,7 +255,7 @@ class Runtime:
 
     def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
         self.gateway, self.server, self.worker = gateway, server, worker
-        set_worker(worker, gateway.config.server.workers)
+        process.attach(worker, gateway.config.server.workers, gateway.rate_board)
         self.config: Config | None = None
         self.upstreams: dict[str, Upstream] = {}
         self.filters: dict[str, Filter] = {}

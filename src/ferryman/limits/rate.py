@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable, Hashable
 
-__all__ = ["Rate", "parse_rate"]
+__all__ = ["Rate", "parse_rate", "wait_seconds"]
 
 _RATE = re.compile(r"([1-9][0-9]{0,9})/([1-9][0-9]{0,5})?([smh])")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -37,6 +37,19 @@ def parse_rate(text: object) -> tuple[int, float]:
         )
     count, multiple, unit = match.groups()
     return int(count), int(multiple or 1) * _UNIT[unit]
+
+
+def wait_seconds(cur: int, prev: int, f: float, allowance: float, window: float) -> float:
+    """Seconds until ``prev * (1 - f) + cur`` (``f`` into the current window) falls below
+    ``allowance`` with nothing more counted: 0.0 if it is below already, ``inf`` if never."""
+    if prev * (1.0 - f) + cur < allowance:
+        return 0.0
+    if allowance <= 0:
+        return math.inf
+    if cur < allowance:  # the previous window's share decays enough within this window
+        return max(0.0, (1.0 - (allowance - cur) / prev) - f) * window
+    # only in the next window, as this window's count decays in its turn
+    return (1.0 - f + 1.0 - allowance / cur) * window
 
 
 class Rate:
@@ -100,16 +113,7 @@ class Rate:
         already; ``inf`` if never), when nothing more is counted for it meanwhile: from then
         on :meth:`admit` says yes."""
         f = self._fraction()
-        cur = self.current.get(key, 0)
-        prev = self.previous.get(key, 0)
-        if prev * (1.0 - f) + cur < allowance:
-            return 0.0
-        if allowance <= 0:
-            return math.inf
-        if cur < allowance:  # the previous window's share decays enough within this window
-            return max(0.0, (1.0 - (allowance - cur) / prev) - f) * self.window
-        # only in the next window, as this window's count decays in its turn
-        return (1.0 - f + 1.0 - allowance / cur) * self.window
+        return wait_seconds(self.current.get(key, 0), self.previous.get(key, 0), f, allowance, self.window)
 
     def __len__(self) -> int:
         """How many keys are tracked now (seen in the current or previous window)."""

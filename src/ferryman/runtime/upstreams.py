@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..config.model import Config, UpstreamConfig, parse_member
 from ..errors import ErrorKind, ErrorSource, ProxyError
+from . import process
 from ..net.connect import HttpConnectProxy, Peer, TcpKeepalive
 from ..upstream.backend import Backend
 from ..upstream.balancer import Balancer, Member, WeightedUpstreams
@@ -132,15 +133,6 @@ class Upstream:
         return backend
 
 
-_WORKER: tuple[int, int] | None = None  # this process's (index, count) when there are workers
-
-
-def set_worker(index: int, count: int) -> None:
-    """Record which worker this process is (for ``source_port_affinity``); once per process."""
-    global _WORKER
-    _WORKER = (index, count) if count > 1 else None
-
-
 def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:
     """The Peer a backend is dialled with, from its upstream's connect options."""
     keepalive = None
@@ -164,7 +156,7 @@ def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:
         proxy_protocol={"v1": 1, "v2": 2}.get(cfg.proxy_protocol or ""),
         pool_size=cfg.pool_size,
         pool_idle_timeout=cfg.pool_idle_timeout,
-        port_affinity=_WORKER if cfg.source_port_affinity and proxy is None else None,
+        port_affinity=process.CURRENT.affinity if cfg.source_port_affinity and proxy is None else None,
     )
 
 

@@ -17,9 +17,9 @@ asking settles at that many per window. A refused request gets ``429`` with
 
 Memory holds the keys seen in the last two windows; a header value over 64 bytes is kept
 as a 16-byte hash. As in nginx's ``limit_req``, a request whose key is empty (no such
-header; a unix-socket client for ``client_ip``) is not limited. Counters live in each worker
-process: with N workers a client may get up to N times the rate when its connections
-spread over them.
+header; a unix-socket client for ``client_ip``) is not limited. With workers, the counts live
+in memory the workers share (:mod:`ferryman.limits.shared_rate`): the rate is for the whole
+proxy, however a client's connections spread over the workers.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pydantic import AfterValidator, Field
 
 from ...config.model import Strict
 from ...limits.rate import Rate, parse_rate
+from ...runtime import process
 from ..base import Filter
 from ..registry import register
 from .headers import check_header_name
@@ -78,7 +79,9 @@ class RateLimitFilter(Filter):
         super().__init__(name, config)
         count, window = parse_rate(config.rate)
         self.allowance = count + config.burst  # >= 1, so a refused key always gets room later
-        self.rate = Rate(window, clock)
+        board = process.CURRENT.rate_board
+        # with workers: counts shared by every worker (a client's limit is for the whole proxy)
+        self.rate = board.rate(name, window, process.CURRENT.worker, clock) if board is not None else Rate(window, clock)
         self.header = config.key[7:].encode() if config.key.startswith("header:") else None
 
     def request_filter(self, session: Session) -> bool:
