@@ -230,3 +230,84 @@ rate = "10/m"
     assert len({pid for pid, _ in lines}) == 2  # both workers answered
     assert statuses.count(200) in (10, 11), statuses  # 11: a same-instant race between workers
     assert statuses.count(429) == 40 - statuses.count(200)
+
+
+def test_one_health_checker_serves_every_worker(tmp_path: Path) -> None:
+    """Worker 0 alone probes; the other worker follows its verdicts: a failing backend is taken
+    out of both workers' rotation, and the check's "down" line is logged once, not per worker."""
+    import http.server
+    import threading
+
+    class Origin(http.server.BaseHTTPRequestHandler):
+        healthy = True
+
+        def do_GET(self) -> None:  # noqa: N802
+            ok = type(self).healthy or self.path != "/health"
+            body = self.server.name.encode()  # type: ignore[attr-defined]
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Healthy(Origin):
+        healthy = True
+
+    class Sick(Origin):
+        healthy = True
+
+    origins = []
+    for name, handler in (("good", Healthy), ("sick", Sick)):
+        server = http.server.ThreadingHTTPServer((LOCAL, 0), handler)
+        server.name = name  # type: ignore[attr-defined]
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        origins.append(server)
+    port = free_port()
+    path = tmp_path / "ferryman.toml"
+    path.write_text(f"""
+[server]
+workers = 2
+grace_period = "1s"
+
+[listeners.web]
+addr = "{LOCAL}:{port}"
+protocol = "http"
+upstream = "app"
+balance = "kernel"
+
+[upstreams.app]
+backends = ["{LOCAL}:{origins[0].server_address[1]}", "{LOCAL}:{origins[1].server_address[1]}"]
+health_check = {{ kind = "http", path = "/health", interval = "0.1s", timeout = "1s", rise = 1, fall = 2 }}
+""")
+
+    def names(count: int) -> set[bytes]:
+        seen = set()
+        for _ in range(count):
+            with socket.create_connection((LOCAL, port), timeout=10) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+                seen.add(data.rpartition(b"\r\n\r\n")[2])
+        return seen
+
+    try:
+        with running(path) as proc:
+            proc.wait_ready()
+            assert names(20) == {b"good", b"sick"}
+            Sick.healthy = False
+            proc.wait_for(r"backend .* down: status 503")
+            proc.wait_for(r"down \(upstream app, checked by worker 0\)")  # the follower applied it
+            assert names(30) == {b"good"}  # out of rotation in both workers
+            Sick.healthy = True
+            proc.wait_for(r"up \(upstream app, checked by worker 0\)")
+            wait_until(lambda: names(10) == {b"good", b"sick"}, 10, "the backend back in rotation")
+            assert proc.stop(10) == 0
+            assert len([line for line in proc.lines if "down: status 503" in line]) == 1  # one checker
+    finally:
+        for server in origins:
+            server.shutdown()
+            server.server_close()

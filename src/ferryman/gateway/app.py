@@ -20,6 +20,7 @@ from ..demo.origin import DemoOrigin
 from ..net.connect import Connector
 from ..net.listener import bind_socket
 from ..limits.shared_rate import RateBoard
+from ..upstream.health_board import HealthBoard, HealthSync
 from ..net.handoff import BalancedAcceptor, ConnectionDispatcher
 from ..net.pump import PipePool
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
@@ -70,6 +71,7 @@ class Gateway:
         self.channels: dict[str, tuple[ConnectionDispatcher, list[socket.socket]]] = {}
         # rate limits counted across workers (created here, in the master, before the fork)
         self.rate_board = RateBoard(config.server.workers) if config.server.workers > 1 else None
+        self.health_board = HealthBoard() if config.server.workers > 1 else None
         self.demo_sock: socket.socket | None = None
 
     def bind(self, handed: dict[str, socket.socket] | None = None) -> None:
@@ -256,6 +258,8 @@ class Runtime:
     def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
         self.gateway, self.server, self.worker = gateway, server, worker
         process.attach(worker, gateway.config.server.workers, gateway.rate_board)
+        # with workers, worker 0 alone runs the active checks; the others follow its board
+        self.checks_health = gateway.health_board is None or worker == 0
         self.config: Config | None = None
         self.upstreams: dict[str, Upstream] = {}
         self.filters: dict[str, Filter] = {}
@@ -282,10 +286,12 @@ class Runtime:
             self.listeners[name] = listener
             self.server.add_service(listener.service)
         for upstream in self.upstreams.values():
-            if upstream.checker is not None:
+            if upstream.checker is not None and self.checks_health:
                 self.server.add_background(upstream.checker)
             if upstream.resolver is not None:
                 self.server.add_background(upstream.resolver)
+        if self.gateway.health_board is not None:
+            self.server.add_background(HealthSync(self.gateway.health_board, lambda: self.upstreams, leader=self.worker == 0))
         self.generation = 1
 
     def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
@@ -370,7 +376,7 @@ class Runtime:
             asyncio.get_running_loop().create_task(self._retire(listener))
         kept = {id(u) for u in upstreams.values()}
         for upstream in upstreams.values():
-            if upstream.checker is not None and not upstream.checker.running:
+            if upstream.checker is not None and not upstream.checker.running and self.checks_health:
                 upstream.checker.start()
         for upstream in old_upstreams.values():
             if id(upstream) in kept:
