@@ -175,7 +175,7 @@ class Exchange:
         svc, s = self.service, self.session
         # a connection that began with a PROXY header speaks for one client only (HAProxy
         # makes such connections private too): its pool key includes that client
-        key = (peer.address, peer.proxy, peer.proxy_protocol, s.client_addr if peer.proxy_protocol else None)
+        key = peer.pool_key if not peer.proxy_protocol else (peer.pool_key, s.client_addr)
         conn = svc.pool.get(key)
         self.reused = conn is not None
         if conn is None:
@@ -713,6 +713,12 @@ def add_forwarded(headers: list[tuple[bytes, bytes]], s: Session, style: str) ->
     ip = s.client_ip.encode()
     proto = b"https" if s.tls else b"http"
     host = s.header(b"host")
+    if style == "x-forwarded" and not any(name in _FORWARDED_NAMES for name, _ in headers):
+        headers.append((b"x-forwarded-for", ip))  # the usual case: the first proxy on the way
+        headers.append((b"x-forwarded-proto", proto))
+        if host is not None:
+            headers.append((b"x-forwarded-host", host))
+        return
     if style != "forwarded":
         prior = [v for k, v in headers if k == b"x-forwarded-for"]
         if prior:
@@ -735,6 +741,7 @@ def add_forwarded(headers: list[tuple[bytes, bytes]], s: Session, style: str) ->
         headers.append((b"forwarded", b", ".join(prior + [element])))
 
 
+_FORWARDED_NAMES = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
 _FORWARDED_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(:[0-9]+)?")
 
 

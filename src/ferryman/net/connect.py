@@ -115,9 +115,14 @@ class Peer:
     pool_idle_timeout: float | None = None  # HTTP: how long one may stay idle (None: the service's default)
     port_affinity: tuple[int, int] | None = None  # (worker, workers): a source port p with p % workers == worker
 
+    pool_key: str = field(default="", compare=False, repr=False)  # derived: see __post_init__
+
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", str(self.address))
+        # what an HTTP upstream connection to this peer is pooled under: a str, whose hash is
+        # cached (a tuple holding the Address dataclass was hashed in Python twice a request)
+        object.__setattr__(self, "pool_key", f"{self.address}|{self.proxy}|{self.proxy_protocol}")
 
 
 def tune_socket(

@@ -147,7 +147,9 @@ class Board:
 
     # writing ----------------------------------------------------------------------------------
     def writer(self, index: int) -> BoardWriter:
-        """In a worker, once: take slot ``index`` over (carrying the previous holder's counts)."""
+        """In a worker, once: take slot ``index`` over (carrying the previous holder's counts).
+        The previous holder must be gone (the master starts a worker's successor once it has
+        reaped it); a writer that finds its slot taken over stops publishing."""
         return BoardWriter(self, index)
 
 
@@ -171,6 +173,8 @@ class BoardWriter:
         self._warned = False
         self._lost = False
         _TOKEN.pack_into(board._map, board._slot(index), self.token, os.getpid())
+        # publish the carried counts at once: the slot stops showing the gauges of a process that is gone
+        self._write(self._last, OK, len(self._last), time.monotonic())
 
     def compose(self, snapshot: Snapshot) -> Snapshot:
         """``snapshot`` plus the counts of the slot's previous holders."""

@@ -192,7 +192,7 @@ class RequestMetrics:
     def __init__(self, listener: str, route: str, upstream: str) -> None:
         self.labels: Labels = (listener, route, upstream)
         self.status = [0] * 10  # by status // 100; 0: no status
-        self.errors: dict[Any, int] = {}  # ErrorKind → count (only touched on errors)
+        self.errors: dict[str, int] = {}  # ErrorKind value → count (only touched on errors)
         self.bytes_in = 0
         self.bytes_out = 0
         self.reused = 0
@@ -202,10 +202,11 @@ class RequestMetrics:
         self.header = _histogram(DURATION_BUCKETS)
         self.response = _histogram(DURATION_BUCKETS)
 
-    def observe(self, session: Any, error: Any) -> None:
+    def observe(self, session: Any, error: Any, _bisect: Any = bisect_left, _dur: tuple = DURATION_BUCKETS, _conn: tuple = CONNECT_BUCKETS) -> None:
         """Count one finished request. Reads ``response_status``, ``body_bytes_received``,
         ``bytes_sent`` and ``digest`` (start, upstream_connect, upstream_header, end, reused)
-        of a :class:`~ferryman.http.session.Session`; ``error`` is its ProxyError or None."""
+        of a :class:`~ferryman.http.session.Session`; ``error`` is its ProxyError or None.
+        (The keyword defaults only bind module constants as locals: never pass them.)"""
         status = session.response_status
         self.status[status // 100 if 0 <= status < 1000 else 0] += 1
         self.bytes_in += session.body_bytes_received
@@ -216,7 +217,7 @@ class RequestMetrics:
         if end is not None:
             t = end - start
             h = self.duration
-            h[bisect_left(DURATION_BUCKETS, t)] += 1
+            h[_bisect(_dur, t)] += 1
             h[-1] += t
         connected = d.upstream_connect
         if connected is not None:
@@ -226,22 +227,22 @@ class RequestMetrics:
                 self.new += 1
                 t = connected - start
                 h = self.connect
-                h[bisect_left(CONNECT_BUCKETS, t)] += 1
+                h[_bisect(_conn, t)] += 1
                 h[-1] += t
             header = d.upstream_header
             if header is not None:
                 t = header - start
                 h = self.header
-                h[bisect_left(DURATION_BUCKETS, t)] += 1
+                h[_bisect(_dur, t)] += 1
                 h[-1] += t
             if end is not None:
                 t = end - connected
                 h = self.response
-                h[bisect_left(DURATION_BUCKETS, t)] += 1
+                h[_bisect(_dur, t)] += 1
                 h[-1] += t
         if error is not None:
             errors = self.errors
-            kind = error.kind
+            kind = error.kind._value_  # an ErrorKind's string (Enum.value and Enum hashing are slow)
             errors[kind] = errors.get(kind, 0) + 1
 
     def dump(self, out: Snapshot) -> None:
@@ -251,7 +252,7 @@ class RequestMetrics:
             if count or index < _ALWAYS_STATUS:
                 _add(out, ("ferryman_http_requests_total", (*labels, _STATUS_LABELS[index])), count)
         for kind, count in self.errors.items():
-            _add(out, ("ferryman_http_request_errors_total", (*labels, _kind_label(kind))), count)
+            _add(out, ("ferryman_http_request_errors_total", (*labels, kind)), count)
         _add(out, ("ferryman_http_request_body_bytes_total", labels), self.bytes_in)
         _add(out, ("ferryman_http_response_body_bytes_total", labels), self.bytes_out)
         _add(out, ("ferryman_http_upstream_connections_total", (*labels, "reused")), self.reused)
@@ -272,29 +273,29 @@ class L4Metrics:
         self.labels: Labels = (listener, upstream)
         self.ok = 0
         self.failed = 0
-        self.errors: dict[Any, int] = {}
+        self.errors: dict[str, int] = {}
         self.up = 0
         self.down = 0
         self.duration = _histogram(L4_DURATION_BUCKETS)
         self.connect = _histogram(CONNECT_BUCKETS)
         self.clock = clock  # the clock of L4Session.start
 
-    def observe(self, session: Any, error: Any) -> None:
+    def observe(self, session: Any, error: Any, _bisect: Any = bisect_left, _dur: tuple = L4_DURATION_BUCKETS, _conn: tuple = CONNECT_BUCKETS) -> None:
         """Count one finished :class:`~ferryman.l4.session.L4Session` (``start``,
-        ``connected_at``, ``bytes_up``, ``bytes_down``)."""
+        ``connected_at``, ``bytes_up``, ``bytes_down``). (Never pass the keyword defaults.)"""
         if error is None:
             self.ok += 1
         else:
             self.failed += 1
             errors = self.errors
-            kind = error.kind
+            kind = error.kind._value_
             errors[kind] = errors.get(kind, 0) + 1
         self.up += session.bytes_up
         self.down += session.bytes_down
         start = session.start
         t = self.clock() - start
         h = self.duration
-        h[bisect_left(L4_DURATION_BUCKETS, t)] += 1
+        h[_bisect(_dur, t)] += 1
         h[-1] += t
         connected = session.connected_at
         if connected is not None:
@@ -302,7 +303,7 @@ class L4Metrics:
             if t < 0.0:  # loop.time() (uvloop: milliseconds, cached per iteration) against monotonic()
                 t = 0.0
             h = self.connect
-            h[bisect_left(CONNECT_BUCKETS, t)] += 1
+            h[_bisect(_conn, t)] += 1
             h[-1] += t
 
     def dump(self, out: Snapshot) -> None:
@@ -310,16 +311,11 @@ class L4Metrics:
         _add(out, ("ferryman_l4_connections_total", (*labels, "ok")), self.ok)
         _add(out, ("ferryman_l4_connections_total", (*labels, "error")), self.failed)
         for kind, count in self.errors.items():
-            _add(out, ("ferryman_l4_errors_total", (*labels, _kind_label(kind))), count)
+            _add(out, ("ferryman_l4_errors_total", (*labels, kind)), count)
         _add(out, ("ferryman_l4_bytes_total", (*labels, "up")), self.up)
         _add(out, ("ferryman_l4_bytes_total", (*labels, "down")), self.down)
         _add(out, ("ferryman_l4_connection_duration_seconds", labels), list(self.duration))
         _add(out, ("ferryman_l4_upstream_connect_seconds", labels), list(self.connect))
-
-
-def _kind_label(kind: Any) -> str:
-    value = getattr(kind, "value", kind)
-    return value if isinstance(value, str) else str(value)
 
 
 def _add(out: Snapshot, key: Key, value: Value) -> None:

@@ -158,7 +158,7 @@ def _message_length(fragments: list[memoryview], max_size: int) -> int:
 class _Reader:
     """Bounds-checked cursor over one vector of the hello; errors name the field."""
 
-    __slots__ = ("view", "pos", "where")
+    __slots__ = ("pos", "view", "where")
 
     def __init__(self, view: memoryview, where: str) -> None:
         self.view, self.pos, self.where = view, 0, where

@@ -59,13 +59,19 @@ def connection_tokens(headers: Headers) -> set[bytes]:
 def strip_hop_by_hop(headers: Headers) -> Headers:
     """A new list without hop-by-hop fields and those named in Connection (RFC 9110 7.6.1)."""
     drop = HOP_BY_HOP
-    for name, _ in headers:
+    for name, value in headers:
         if name == b"connection":
+            if value in _PLAIN_CONNECTION:  # the usual case: nothing more to drop
+                continue
             named = connection_tokens(headers) - PROTECTED
             if named:
                 drop = drop | named
             break
     return [h for h in headers if h[0] not in drop]
+
+
+# Connection values naming only hop-by-hop options already dropped
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"))
 
 
 def get_header(headers: Headers, name: bytes) -> bytes | None:
