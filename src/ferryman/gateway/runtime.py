@@ -1,0 +1,266 @@
+"""One process's live objects for the current config generation, and hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ..config.load import load_file
+from ..config.model import Config, ListenerConfig
+from ..errors import ConfigError
+from ..filters.base import Filter
+from ..net.connect import Connector
+from ..net.listener import bind_socket
+from ..net.pump import PipePool
+from ..observability.accesslog import AccessLog
+from ..runtime import process
+from ..runtime.upstreams import Upstream, build_upstreams
+from ..server import Server
+from ..server.upgrade import upgrade
+from ..upstream.health_board import HealthSync
+from ..upstream.resolver import FirstResolution
+from .http import build_filters, build_http_service, build_router, counts_connections
+from .l4 import CountingGatewayL4, GatewayL4, build_listener_service
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+log = logging.getLogger(__name__)
+
+DEMO = "__demo__"  # the demo origin's socket in a binary upgrade's handoff
+
+
+class Listener:
+    """One served listener: its config, its service and its access log."""
+
+    __slots__ = ("cfg", "service", "access_log")
+
+    def __init__(self, cfg: ListenerConfig, service: Any, access_log: AccessLog | None) -> None:
+        self.cfg, self.service, self.access_log = cfg, service, access_log
+
+
+class Runtime:
+    """One process's live objects for the current config generation, and hot reload.
+
+    A reload loads → validates → builds → swaps: unchanged upstreams (health state, pools,
+    balancer position) and filters (rate-limit counters) are kept; a listener whose own
+    settings did not change keeps its service and socket and only gets a new router (one
+    reference assignment: requests in flight keep the route they pinned); a changed listener
+    gets a new service on the same socket; removed listeners drain and close.
+    """
+
+    def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
+        self.gateway, self.server, self.worker = gateway, server, worker
+        process.attach(worker, gateway.config.server.workers, gateway.rate_board)
+        # with workers, worker 0 alone runs the active checks; the others follow its board
+        self.checks_health = gateway.health_board is None or worker == 0
+        self.config: Config | None = None
+        self.upstreams: dict[str, Upstream] = {}
+        self.filters: dict[str, Filter] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.pipes, self.connector = PipePool(), Connector()
+        self.generation = 0
+
+    def build(self, config: Config) -> None:
+        """The first generation: services are added to the server before it starts."""
+        self.config = config
+        self.upstreams = build_upstreams(config)
+        self.filters = build_filters(config)
+        resolvers = [u.resolver for u in self.upstreams.values() if u.resolver is not None]
+        if resolvers:
+            # ahead of the listeners (Server.serve awaits each service's start() in order): they
+            # open once every backend name has resolved, or after FIRST_RESOLUTION_TIMEOUT
+            self.server.add_service(FirstResolution(resolvers))
+        for name, cfg in config.listeners.items():
+            if balance_mode(cfg, config.server.workers) == "fixed" and self.worker != cfg.balance_worker:
+                self.gateway.sockets[name].close()  # another worker serves it
+                continue
+            sock = self.gateway.socket_for(name, cfg, self.worker)
+            listener = self._make(name, cfg, sock, self.gateway.channel_for(name, self.worker))
+            self.listeners[name] = listener
+            self.server.add_service(listener.service)
+        for upstream in self.upstreams.values():
+            if upstream.checker is not None and self.checks_health:
+                self.server.add_background(upstream.checker)
+            if upstream.resolver is not None:
+                self.server.add_background(upstream.resolver)
+        if self.gateway.health_board is not None:
+            self.server.add_background(HealthSync(self.gateway.health_board, lambda: self.upstreams, leader=self.worker == 0))
+        self.generation = 1
+
+    def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
+        config = self.config
+        assert config is not None
+        if cfg.protocol != "http":
+            service = build_listener_service(name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock, channel=channel)  # type: ignore[index]
+            return Listener(cfg, service, None)
+        access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
+        if access_log is not None:
+            self.server.add_background(AccessLogService(access_log))
+        router = build_router(config, cfg, self.upstreams, self.filters)
+        service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel)
+        return Listener(cfg, service, access_log)
+
+    async def upgrade(self) -> None:
+        """SIGUSR2 in a single process: hand our listening sockets to a new ferryman started
+        from the installed code; once it serves, drain and exit (a failure keeps us serving)."""
+        if self.gateway.path is None:
+            log.warning("upgrade: no config file to start a new process from")
+            return
+        sockets = {name: listener.service.sock for name, listener in self.listeners.items()}
+        if self.gateway.demo_sock is not None and self.gateway.demo_sock.fileno() >= 0:
+            sockets[DEMO] = self.gateway.demo_sock
+        pid = await asyncio.get_running_loop().run_in_executor(None, upgrade, sockets, str(self.gateway.path))
+        if pid is not None:
+            self.server.shutdown()
+
+    def reopen_logs(self) -> None:
+        for listener in self.listeners.values():
+            if listener.access_log is not None:
+                listener.access_log.reopen()
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it; a bad one is refused and the old one serves on."""
+        path = self.gateway.path
+        if path is None:
+            log.warning("reload: no config file to read (started from an in-memory config)")
+            return False
+        try:
+            config = load_file(path)
+        except ConfigError as exc:
+            log.error("reload refused, still serving generation %d:\n%s", self.generation, exc.render())
+            return False
+        try:
+            await self.apply(config)
+        except Exception:
+            log.exception("reload failed while applying %s; still serving generation %d", path, self.generation)
+            return False
+        return True
+
+    async def apply(self, config: Config) -> None:
+        if self.config is not None and (config.server != self.config.server or config.demo != self.config.demo):
+            log.warning("reload: [server] and [demo] changes apply at the next restart")
+        old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
+        upstreams = build_upstreams(config, old_upstreams)
+        previous = {id(u) for u in old_upstreams.values()}
+        fresh = [u.resolver for u in upstreams.values() if u.resolver is not None and id(u) not in previous]
+        for resolver in fresh:
+            resolver.start()
+            self.server.add_background(resolver)
+        if fresh:  # new names resolve before a router points at them (bounded by FIRST_RESOLUTION_TIMEOUT)
+            await asyncio.gather(*(resolver.resolve_now() for resolver in fresh))
+        filters = build_filters(config, old_filters, self.config)
+        self.config, self.upstreams, self.filters = config, upstreams, filters
+        listeners: dict[str, Listener] = {}
+        changed, added = [], []
+        for name, cfg in config.listeners.items():
+            old = old_listeners.get(name)
+            if old is not None and self._swap(old, cfg):
+                listeners[name] = old
+                continue
+            sock = self._socket_for(cfg, old)
+            listener = self._make(name, cfg, sock)
+            await _start(listener.service)
+            self.server.add_service(listener.service)
+            listeners[name] = listener
+            (changed if old is not None else added).append(name)
+        self.listeners = listeners
+        retired = [old_listeners[n] for n in changed] + [l for n, l in old_listeners.items() if n not in config.listeners]
+        for listener in retired:
+            asyncio.get_running_loop().create_task(self._retire(listener))
+        kept = {id(u) for u in upstreams.values()}
+        for upstream in upstreams.values():
+            if upstream.checker is not None and not upstream.checker.running and self.checks_health:
+                upstream.checker.start()
+        for upstream in old_upstreams.values():
+            if id(upstream) in kept:
+                continue
+            if upstream.checker is not None:
+                await upstream.checker.stop()
+            if upstream.passive is not None:
+                upstream.passive.stop()
+            if upstream.resolver is not None:
+                await upstream.resolver.stop()
+                if upstream.resolver in self.server.background:
+                    self.server.background.remove(upstream.resolver)
+        for name, old_filter in old_filters.items():
+            if filters.get(name) is not old_filter:
+                old_filter.close()
+        self.generation += 1
+        removed = [n for n in old_listeners if n not in config.listeners]
+        log.info("reload: generation %d applied (listeners added %s, changed %s, removed %s; upstreams kept %d of %d)",
+                 self.generation, added or "-", changed or "-", removed or "-", len(kept & {id(u) for u in old_upstreams.values()}), len(upstreams))
+
+    def _swap(self, old: Listener, cfg: ListenerConfig) -> bool:
+        """Point an unchanged listener at the new generation; False when it must be rebuilt."""
+        if old.cfg.model_dump(exclude={"routes", "upstream"}) != cfg.model_dump(exclude={"routes", "upstream"}):
+            if getattr(old.service, "channel", None) is None:
+                return False
+            # a least_conn listener's channel comes from before the fork: keep the service
+            log.warning("reload: listener settings of least_conn listener %r apply at the next restart", cfg.addr)
+        service = old.service
+        if cfg.protocol == "http":
+            service.app.router = build_router(self.config, cfg, self.upstreams, self.filters)  # type: ignore[arg-type]
+        else:
+            upstream = self.upstreams[cfg.upstream]  # type: ignore[index]
+            app = (CountingGatewayL4 if counts_connections(upstream.balancer) else GatewayL4)(upstream)
+            if type(app) is not type(service.app):
+                return False
+            service.app = app
+        old.cfg = cfg
+        return True
+
+    def _socket_for(self, cfg: ListenerConfig, old: Listener | None) -> socket.socket:
+        """The old listener's socket (duplicated) when the address is the same, else a new bind."""
+        if old is not None and old.cfg.addr == cfg.addr and old.cfg.protocol == cfg.protocol:
+            sock = old.service.sock
+            return socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        shared = self.config is not None and self.config.server.workers > 1
+        return bind_socket(cfg.addr, udp=cfg.protocol == "udp", backlog=cfg.backlog, reuse_port=cfg.reuse_port or shared)
+
+    async def _retire(self, listener: Listener) -> None:
+        service = listener.service
+        service.stop_accepting()
+        try:
+            await service.drain(self.server.grace_period)
+        finally:
+            if service in self.server.services:
+                self.server.services.remove(service)
+
+
+def _used_upstreams(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream]) -> dict[str, Upstream]:
+    names = [cfg.upstream] if cfg.upstream else [config.routes[r].upstream for r in cfg.routes]
+    return {n: upstreams[n] for n in names if n}
+
+
+class AccessLogService:
+    """Background service: flushes and closes an access log when the server stops."""
+
+    def __init__(self, log: AccessLog) -> None:
+        self.log = log
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.log.close(timeout=5.0)
+
+
+async def _start(service: Any) -> None:
+    started = service.start()
+    if inspect.isawaitable(started):
+        await started
+
+
+def balance_mode(cfg: ListenerConfig, workers: int) -> str:
+    """How connections of a listener reach workers; one process needs no balancing. UDP
+    defaults to kernel: a shared datagram socket would scatter a client's datagrams."""
+    if workers == 1 or cfg.addr.is_unix:
+        return "shared"
+    if cfg.protocol == "udp" and cfg.balance == "shared":
+        return "kernel"
+    return cfg.balance
