@@ -23,11 +23,9 @@ from typing import Any
 import pytest
 import uvloop
 
+from ferryman.net.balance import BalancedAcceptor, ConnectionDispatcher, ConnectionReceiver
 from ferryman.net.handoff import (
     MAX_FDS_PER_MESSAGE,
-    BalancedAcceptor,
-    ConnectionDispatcher,
-    ConnectionReceiver,
     HandoffError,
     ListenerHandoff,
     recv_fds,
@@ -706,7 +704,7 @@ def test_balanced_acceptor_holds_a_burst_until_a_worker_has_room(run: Run) -> No
 
 CHILD_WORKER = r"""
 import asyncio, socket, sys
-from ferryman.net.handoff import ConnectionReceiver
+from ferryman.net.balance import ConnectionReceiver
 
 async def main():
     loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from ..demo.origin import DemoOrigin
 from ..errors import ConfigError
 from ..limits.shared_rate import RateBoard
 from ..net.addr import Address
-from ..net.handoff import ConnectionDispatcher
+from ..net.balance import ConnectionDispatcher
 from ..net.listener import bind_socket
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
 from ..server import Server, install_uvloop

@@ -8,7 +8,7 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from ..net.handoff import BalancedAcceptor
+from ..net.balance import BalancedAcceptor
 from ..server import install_uvloop
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from ..net.connect import Connector
-from ..net.handoff import ConnectionReceiver
+from ..net.balance import ConnectionReceiver
 from ..net.pump import PipePool
 from ..net.sweep import DeadlineSweep, tick_for
 from ..upstream.pool import ConnectionPool

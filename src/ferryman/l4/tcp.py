@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..net.connect import Connector, Peer
-from ..net.handoff import ConnectionReceiver
+from ..net.balance import ConnectionReceiver
 from ..net.listener import Acceptor
 from ..net.pump import PipePool, SplicePump, TransportPump
 from ..protocol import proxy_protocol

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
@@ -70,6 +71,7 @@ DEFAULT_CIPHERS = ":".join((
 ciphers only (Mozilla's "intermediate" list without DHE). TLS 1.3 suites are all AEAD."""
 
 CLIENT_VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -395,8 +397,7 @@ def _ssl_reason(exc: BaseException) -> str:
 def _check_sni_name(name: str, owner: str) -> str:
     lowered = name.strip().lower().rstrip(".")
     host = lowered.removeprefix("*.")
-    labels = host.split(".")
-    if not host or "*" in host or any(not label or len(label) > 63 for label in labels) or len(host) > 253:
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in host.split(".")):
         raise ValueError(f"certificate {owner!r}: {name!r} is not a host name or a '*.domain' wildcard")
     return lowered
 
@@ -606,20 +607,20 @@ async def read_client_hello(
 ) -> HelloPeek:
     """Learn the SNI/ALPN of a new connection without terminating TLS.
 
-    First ``MSG_PEEK``: when the whole hello has arrived (the usual case) nothing is
-    consumed, so the pump can still splice from the first byte. A hello that arrives in
-    pieces is read (consumed) instead, since a peek would see the same bytes as readable
-    for ever. ``prefix``: bytes already read (after a PROXY header). Raises ProxyError for
-    a malformed hello, EOF or no complete hello within ``timeout`` seconds.
+    Reads with ``MSG_PEEK``: when the whole hello has arrived (the usual case) nothing is
+    consumed, so the pump can still splice from the first byte. The pieces of a hello
+    that arrives in several reads are consumed until the last one (which is only peeked),
+    since a socket whose bytes were peeked stays readable and the wait for more would
+    spin. ``prefix``: bytes already read (after a PROXY header). Raises ProxyError for a
+    malformed hello, EOF, or no complete hello within ``timeout`` seconds.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     limit = max_size + 5 * MAX_RECORDS
     taken = bytearray(prefix)
-    peeking = True
     while True:
         try:
-            data = sock.recv(max(1, limit - len(taken)), socket.MSG_PEEK if peeking else 0)
+            data = sock.recv(max(1, limit - len(taken)), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             await _wait_readable(loop, sock, deadline, timeout)
             continue
@@ -631,22 +632,14 @@ async def read_client_hello(
         try:
             result = parse_client_hello(seen, max_size=max_size)
         except NotTlsError as exc:
-            if not peeking:
-                taken += data
             return HelloPeek(None, bytes(taken), str(exc))
         except TlsHelloError as exc:
             raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.DOWNSTREAM, context=f"bad TLS ClientHello: {exc}") from exc
         if result is not NEED_MORE:
-            if not peeking:
-                taken += data
-            return HelloPeek(result, bytes(taken))  # type: ignore[arg-type]
+            return HelloPeek(result, bytes(taken))  # type: ignore[arg-type]  # the peeked rest stays queued
         if len(seen) >= limit:
             raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.DOWNSTREAM, context=f"no complete ClientHello in {limit} bytes")
-        if peeking:  # take what was peeked off the socket, then read the rest normally
-            taken += _recv_exactly(sock, len(data))
-            peeking = False
-        else:
-            taken += data
+        taken += _recv_exactly(sock, len(data))  # incomplete: take it, so the next wait sees only new bytes
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

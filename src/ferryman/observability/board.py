@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Board", "BoardWriter", "MetricsPublisher", "SlotRead", "DEFAULT_SLOT_SIZE"]
 
-DEFAULT_SLOT_SIZE = 1 << 20  # payload bytes per buffer; untouched pages of the mapping cost no memory
+DEFAULT_SLOT_SIZE = 4 << 20  # payload bytes per buffer (~5000 label sets); untouched pages cost no memory
 READ_TRIES = 64  # a reader gives a slot up after this many inconsistent reads in a row
 
 _SLOT_HEADER = 64

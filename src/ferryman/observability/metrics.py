@@ -341,7 +341,8 @@ class Registry:
         self._requests: dict[Labels, RequestMetrics] = {}
         self._l4: dict[Labels, L4Metrics] = {}
         self._collectors: dict[str, Collector] = {}
-        self._failing: set[str] = set()  # collectors whose last call raised (logged once)
+        self._failing: set[str] = set()  # collectors whose last call raised (logged once until one works)
+        self._bad: set[str] = set()  # collectors that yielded a sample the table does not allow (logged once)
         self._reload_ok = self.counter("ferryman_reloads_total", "ok")
         self._reload_error = self.counter("ferryman_reloads_total", "error")
 
@@ -389,10 +390,12 @@ class Registry:
         (gauges: open connections, health...). Replaces an earlier collector of ``key``."""
         self._collectors[key] = collector
         self._failing.discard(key)
+        self._bad.discard(key)
 
     def uncollect(self, key: str) -> None:
         self._collectors.pop(key, None)
         self._failing.discard(key)
+        self._bad.discard(key)
 
     # control plane ---------------------------------------------------------------------------
     def reloaded(self, ok: bool, when: float | None = None) -> None:
@@ -423,8 +426,8 @@ class Registry:
                 spec = self.specs.get(name)
                 labels = tuple(labels)
                 if spec is None or spec.kind == "histogram" or len(labels) != len(spec.own_labels):
-                    if key not in self._failing:
-                        self._failing.add(key)
+                    if key not in self._bad:
+                        self._bad.add(key)
                         log.error("metrics collector %r yielded a bad sample %r%r (logged once)", key, name, labels)
                     continue
                 _add(out, (name, labels), value)
@@ -481,31 +484,37 @@ def render(snapshot: Mapping[Key, Value], specs: Iterable[MetricSpec] = METRICS)
         if not samples:
             continue
         name = spec.name
-        lines.append(f"# HELP {name} {_escape_help(spec.help)}")
-        lines.append(f"# TYPE {name} {spec.kind}")
         width = len(spec.labels)
         samples.sort(key=lambda item: item[0])
+        out: list[str] = []
         if spec.kind != "histogram":
             for labels, value in samples:
                 if len(labels) == width and not isinstance(value, list):
-                    lines.append(f"{name}{_labels(spec.labels, labels)} {_number(value)}")
-            continue
-        bounds = spec.buckets
-        for labels, value in samples:
-            if len(labels) != width or not isinstance(value, list) or len(value) != len(bounds) + 2:
-                continue
-            inner = _label_pairs(spec.labels, labels)
-            sep = "," if inner else ""
-            total = 0
-            for bound, count in zip(bounds, value):
-                total += count
-                lines.append(f'{name}_bucket{{{inner}{sep}le="{_number(float(bound))}"}} {total}')
-            total += value[len(bounds)]
-            lines.append(f'{name}_bucket{{{inner}{sep}le="+Inf"}} {total}')
-            braces = f"{{{inner}}}" if inner else ""
-            lines.append(f"{name}_sum{braces} {_number(float(value[-1]))}")
-            lines.append(f"{name}_count{braces} {total}")
+                    out.append(f"{name}{_labels(spec.labels, labels)} {_number(value)}")
+        else:
+            bounds = spec.buckets
+            for labels, value in samples:
+                if len(labels) == width and isinstance(value, list) and len(value) == len(bounds) + 2:
+                    _histogram_lines(out, name, spec.labels, labels, bounds, value)
+        if out:
+            lines.append(f"# HELP {name} {_escape_help(spec.help)}")
+            lines.append(f"# TYPE {name} {spec.kind}")
+            lines.extend(out)
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _histogram_lines(out: list[str], name: str, names: Labels, values: Labels, bounds: tuple[float, ...], value: list) -> None:
+    inner = _label_pairs(names, values)
+    sep = "," if inner else ""
+    total = 0
+    for bound, count in zip(bounds, value):
+        total += count
+        out.append(f'{name}_bucket{{{inner}{sep}le="{_number(float(bound))}"}} {total}')
+    total += value[len(bounds)]
+    out.append(f'{name}_bucket{{{inner}{sep}le="+Inf"}} {total}')
+    braces = f"{{{inner}}}" if inner else ""
+    out.append(f"{name}_sum{braces} {_number(float(value[-1]))}")
+    out.append(f"{name}_count{braces} {total}")
 
 
 def _escape_help(text: str) -> str:
