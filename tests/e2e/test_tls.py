@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import socket
 import ssl
@@ -164,8 +165,6 @@ class TlsClient:
 
     @property
     def fingerprint(self) -> str:
-        import hashlib
-
         return hashlib.sha256(self.obj.getpeercert(binary_form=True)).hexdigest()
 
 

@@ -18,7 +18,14 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from ferryman.observability import board as board_module
-from ferryman.observability.board import OK, STALE, STRIPPED, Board, MetricsPublisher, collect
+from ferryman.observability.board import (
+    OK,
+    STALE,
+    STRIPPED,
+    Board,
+    MetricsPublisher,
+    collect,
+)
 from ferryman.observability.metrics import Registry, merge, render
 
 DEADLINE = 20.0

@@ -13,6 +13,7 @@ import socket
 import pytest
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
+from support.http_proxy import App, Client, get, origin, start_proxy, stop
 
 from ferryman.errors import ErrorKind, ProxyError
 from ferryman.http.session import Digest
@@ -30,7 +31,6 @@ from ferryman.observability.metrics import (
     merge,
     render,
 )
-from support.http_proxy import App, Client, get, origin, start_proxy, stop
 
 TEST_TIMEOUT = 30.0
 

@@ -17,6 +17,7 @@ from ..net.addr import Address
 from ..net.balance import ConnectionDispatcher
 from ..net.listener import bind_socket
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
+from ..runtime import process
 from ..server import Server, install_uvloop
 from ..server.upgrade import notify_ready, take_listeners, upgrade
 from ..server.watch import FileWatch, WatchService
@@ -226,5 +227,7 @@ def _pid_in(path: Path) -> int | None:
 
 
 def _worker(gateway: Gateway, index: int) -> None:
+    """A forked worker: say which one this process is, then serve."""
+    process.attach(index, gateway.config.server.workers, gateway.rate_board)
     install_uvloop()
     gateway.make_server(index).run()

@@ -17,7 +17,6 @@ from ..net.connect import Connector
 from ..net.listener import bind_socket
 from ..net.pump import PipePool
 from ..observability.accesslog import AccessLog
-from ..runtime import process
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server
 from ..server.upgrade import upgrade
@@ -55,7 +54,6 @@ class Runtime:
 
     def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
         self.gateway, self.server, self.worker = gateway, server, worker
-        process.attach(worker, gateway.config.server.workers, gateway.rate_board)
         # with workers, worker 0 alone runs the active checks; the others follow its board
         self.checks_health = gateway.health_board is None or worker == 0
         self.config: Config | None = None

@@ -639,7 +639,7 @@ async def read_client_hello(
             return HelloPeek(result, bytes(taken))  # type: ignore[arg-type]  # the peeked rest stays queued
         if len(seen) >= limit:
             raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.DOWNSTREAM, context=f"no complete ClientHello in {limit} bytes")
-        taken += _recv_exactly(sock, len(data))  # incomplete: take it, so the next wait sees only new bytes
+        pass  # incomplete: take it, so the next wait sees only new bytes
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

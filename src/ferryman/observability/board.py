@@ -43,7 +43,7 @@ from .metrics import SPECS, Registry, Snapshot, merge, render
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Board", "BoardWriter", "MetricsPublisher", "SlotRead", "DEFAULT_SLOT_SIZE"]
+__all__ = ["DEFAULT_SLOT_SIZE", "Board", "BoardWriter", "MetricsPublisher", "SlotRead"]
 
 DEFAULT_SLOT_SIZE = 4 << 20  # payload bytes per buffer (~5000 label sets); untouched pages cost no memory
 READ_TRIES = 64  # a reader gives a slot up after this many inconsistent reads in a row
@@ -105,37 +105,39 @@ class Board:
 
     # reading ----------------------------------------------------------------------------------
     def read(self, index: int) -> SlotRead | None:
-        """The newest complete publication of slot ``index``; None if there is none yet (or
-        no consistent one could be read in ``READ_TRIES`` attempts)."""
+        """The newest complete publication of slot ``index``, or None if there is none.
+
+        Both sequence numbers are read before and after: if either moved, a write began or
+        ended meanwhile and the read starts over (up to ``READ_TRIES`` times), so the result
+        is the newest publication complete when the read began, never an older one. A buffer
+        left odd by a writer that died stays odd and is simply passed over."""
         mem, words = self._map, self._words
+        offs = (self._buffer(index, 0), self._buffer(index, 1))
+        at = (offs[0] // 8, offs[1] // 8)
         for _ in range(READ_TRIES):
-            best = None
-            written = False
-            for which in (0, 1):
-                off = self._buffer(index, which)
-                seq = words[off // 8]
-                if seq:
-                    written = True
-                if seq & 1 or not seq:
-                    continue
-                _, version, generation, length, crc, flags, needed, published = _BUF.unpack_from(mem, off)
-                if length > self.capacity:
-                    continue
-                data = mem[off + _BUF_HEADER: off + _BUF_HEADER + length]
-                if words[off // 8] != seq or zlib.crc32(data) != crc:
-                    continue
-                if best is None or version > best[0]:
-                    best = (version, generation, flags, needed, published, data)
-            if best is not None:
-                version, generation, flags, needed, published, data = best
-                try:
-                    snapshot = marshal.loads(data)
-                except (ValueError, EOFError, TypeError):
-                    continue
-                _, pid = _TOKEN.unpack_from(mem, self._slot(index))
-                return SlotRead(snapshot, version, generation, flags, needed, published, pid)
-            if not written:
+            seqs = (words[at[0]], words[at[1]])
+            if seqs == (0, 0):
                 return None
+            found = []
+            for off, seq in zip(offs, seqs):
+                if seq & 1 or not seq:
+                    continue  # being written (or its writer died half way)
+                _, version, generation, length, crc, flags, needed, published = _BUF.unpack_from(mem, off)
+                data = mem[off + _BUF_HEADER: off + _BUF_HEADER + min(length, self.capacity)]
+                found.append((version, generation, flags, needed, published, data, crc))
+            if (words[at[0]], words[at[1]]) != seqs:
+                continue
+            if not found:
+                return None
+            version, generation, flags, needed, published, data, crc = max(found, key=lambda f: f[0])
+            if zlib.crc32(data) != crc:
+                continue  # stable yet inconsistent: stores seen out of order; read again
+            try:
+                snapshot = marshal.loads(data)
+            except (ValueError, EOFError, TypeError):
+                continue
+            _, pid = _TOKEN.unpack_from(mem, self._slot(index))
+            return SlotRead(snapshot, version, generation, flags, needed, published, pid)
         return None
 
     def read_slots(self) -> list[SlotRead | None]:

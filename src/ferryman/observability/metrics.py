@@ -27,7 +27,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Labels = tuple[str, ...]
 Key = tuple[str, Labels]
-Value = Union[int, float, list]
+Value = int | float | list
 Snapshot = dict[Key, Value]
-Collector = Callable[[], Iterable[tuple[str, Labels, Union[int, float]]]]
+Collector = Callable[[], Iterable[tuple[str, Labels, float]]]
 
 # buckets (seconds, upper bounds; +Inf is implicit) -------------------------------------------
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -187,10 +187,17 @@ class Cell:
 class RequestMetrics:
     """The counters of one (listener, route, upstream): one :meth:`observe` per request."""
 
-    __slots__ = ("labels", "status", "errors", "bytes_in", "bytes_out", "reused", "new", "duration", "connect", "header", "response")
+    __slots__ = ("labels", "status", "errors", "bytes_in", "bytes_out", "reused", "new", "duration", "connect", "header", "response", "_keys")
 
     def __init__(self, listener: str, route: str, upstream: str) -> None:
-        self.labels: Labels = (listener, route, upstream)
+        labels = self.labels = (listener, route, upstream)
+        self._keys = (  # built once: a snapshot only fills them in
+            tuple(("ferryman_http_requests_total", (*labels, status)) for status in _STATUS_LABELS),
+            ("ferryman_http_request_body_bytes_total", labels), ("ferryman_http_response_body_bytes_total", labels),
+            ("ferryman_http_upstream_connections_total", (*labels, "reused")), ("ferryman_http_upstream_connections_total", (*labels, "new")),
+            ("ferryman_http_request_duration_seconds", labels), ("ferryman_http_upstream_connect_seconds", labels),
+            ("ferryman_http_upstream_header_seconds", labels), ("ferryman_http_upstream_response_seconds", labels),
+        )
         self.status = [0] * 10  # by status // 100; 0: no status
         self.errors: dict[str, int] = {}  # ErrorKind value → count (only touched on errors)
         self.bytes_in = 0
@@ -246,21 +253,22 @@ class RequestMetrics:
             errors[kind] = errors.get(kind, 0) + 1
 
     def dump(self, out: Snapshot) -> None:
-        labels = self.labels
-        status = self.status
-        for index, count in enumerate(status):
+        """Write this object's series into ``out`` (its keys are its own: plain assignment)."""
+        status_keys, bytes_in, bytes_out, reused, new, duration, connect, header, response = self._keys
+        for index, count in enumerate(self.status):
             if count or index < _ALWAYS_STATUS:
-                _add(out, ("ferryman_http_requests_total", (*labels, _STATUS_LABELS[index])), count)
+                out[status_keys[index]] = count
+        labels = self.labels
         for kind, count in self.errors.items():
-            _add(out, ("ferryman_http_request_errors_total", (*labels, kind)), count)
-        _add(out, ("ferryman_http_request_body_bytes_total", labels), self.bytes_in)
-        _add(out, ("ferryman_http_response_body_bytes_total", labels), self.bytes_out)
-        _add(out, ("ferryman_http_upstream_connections_total", (*labels, "reused")), self.reused)
-        _add(out, ("ferryman_http_upstream_connections_total", (*labels, "new")), self.new)
-        _add(out, ("ferryman_http_request_duration_seconds", labels), list(self.duration))
-        _add(out, ("ferryman_http_upstream_connect_seconds", labels), list(self.connect))
-        _add(out, ("ferryman_http_upstream_header_seconds", labels), list(self.header))
-        _add(out, ("ferryman_http_upstream_response_seconds", labels), list(self.response))
+            out[("ferryman_http_request_errors_total", (*labels, kind))] = count
+        out[bytes_in] = self.bytes_in
+        out[bytes_out] = self.bytes_out
+        out[reused] = self.reused
+        out[new] = self.new
+        out[duration] = self.duration[:]
+        out[connect] = self.connect[:]
+        out[header] = self.header[:]
+        out[response] = self.response[:]
 
 
 class L4Metrics:
@@ -308,14 +316,14 @@ class L4Metrics:
 
     def dump(self, out: Snapshot) -> None:
         labels = self.labels
-        _add(out, ("ferryman_l4_connections_total", (*labels, "ok")), self.ok)
-        _add(out, ("ferryman_l4_connections_total", (*labels, "error")), self.failed)
+        out[("ferryman_l4_connections_total", (*labels, "ok"))] = self.ok
+        out[("ferryman_l4_connections_total", (*labels, "error"))] = self.failed
         for kind, count in self.errors.items():
-            _add(out, ("ferryman_l4_errors_total", (*labels, kind)), count)
-        _add(out, ("ferryman_l4_bytes_total", (*labels, "up")), self.up)
-        _add(out, ("ferryman_l4_bytes_total", (*labels, "down")), self.down)
-        _add(out, ("ferryman_l4_connection_duration_seconds", labels), list(self.duration))
-        _add(out, ("ferryman_l4_upstream_connect_seconds", labels), list(self.connect))
+            out[("ferryman_l4_errors_total", (*labels, kind))] = count
+        out[("ferryman_l4_bytes_total", (*labels, "up"))] = self.up
+        out[("ferryman_l4_bytes_total", (*labels, "down"))] = self.down
+        out[("ferryman_l4_connection_duration_seconds", labels)] = self.duration[:]
+        out[("ferryman_l4_upstream_connect_seconds", labels)] = self.connect[:]
 
 
 def _add(out: Snapshot, key: Key, value: Value) -> None:
@@ -407,8 +415,8 @@ class Registry:
     def snapshot(self) -> Snapshot:
         """Every value now (collectors are called here), as a flat dict."""
         out: Snapshot = {}
-        for key, cell in self._cells.items():
-            out[key] = cell.value
+        for cell_key, cell in self._cells.items():
+            out[cell_key] = cell.value
         for metrics in self._requests.values():
             metrics.dump(out)
         for l4 in self._l4.values():
@@ -503,15 +511,20 @@ def render(snapshot: Mapping[Key, Value], specs: Iterable[MetricSpec] = METRICS)
     return "\n".join(lines) + "\n" if lines else ""
 
 
+_LE: dict[tuple[float, ...], tuple[str, ...]] = {}
+
+
 def _histogram_lines(out: list[str], name: str, names: Labels, values: Labels, bounds: tuple[float, ...], value: list) -> None:
     inner = _label_pairs(names, values)
     sep = "," if inner else ""
+    les = _LE.get(bounds)
+    if les is None:
+        les = _LE[bounds] = (*(_number(float(b)) for b in bounds), "+Inf")
+    prefix = f"{name}_bucket{{{inner}{sep}le=\""
     total = 0
-    for bound, count in zip(bounds, value):
+    for le, count in zip(les, value):
         total += count
-        out.append(f'{name}_bucket{{{inner}{sep}le="{_number(float(bound))}"}} {total}')
-    total += value[len(bounds)]
-    out.append(f'{name}_bucket{{{inner}{sep}le="+Inf"}} {total}')
+        out.append(f'{prefix}{le}"}} {total}')
     braces = f"{{{inner}}}" if inner else ""
     out.append(f"{name}_sum{braces} {_number(float(value[-1]))}")
     out.append(f"{name}_count{braces} {total}")
