@@ -35,6 +35,7 @@ from ferryman.net.tls import (
     TlsOptions,
     clear_client_contexts,
     client_context,
+    load_certificate,
     peer_identity,
     read_client_hello,
 )
@@ -466,9 +467,13 @@ def test_load_errors_name_the_file_and_the_problem(pki: Pki, tmp_path: Path) -> 
         (CertificateSpec("x", pki.a.cert, pki.wild.key), f"key file {pki.wild.key} does not match certificate {pki.a.cert}"),
     ]
     for spec, message in cases:
-        with pytest.raises(ValueError) as info:
-            CertStore([spec])
-        assert message in str(info.value), (message, str(info.value))
+        for load in (lambda: CertStore([spec]), lambda: load_certificate(spec)):
+            with pytest.raises(ValueError) as info:
+                load()
+            assert message in str(info.value), (message, str(info.value))
+    loaded = load_certificate(CertificateSpec("a", pki.a.cert, pki.a.key))
+    assert (loaded.name, loaded.names, loaded.fingerprint) == ("a", ("a.test", "alt-a.test"), pki.a.fingerprint)
+    assert loaded.not_after.tzinfo is not None
 
 
 def test_unreadable_key(pki: Pki, tmp_path: Path) -> None:

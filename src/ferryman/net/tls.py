@@ -57,6 +57,7 @@ __all__ = [
     "TlsOptions",
     "clear_client_contexts",
     "client_context",
+    "load_certificate",
     "peer_identity",
     "read_client_hello",
     "server_context",
@@ -88,7 +89,7 @@ class CertificateSpec:
     names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "names", tuple(_check_sni_name(n, self.name) for n in self.names))
+        object.__setattr__(self, "names", tuple(_check_sni_name(n, f"certificate {self.name!r}") for n in self.names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +299,12 @@ def _build_table(specs: tuple[CertificateSpec, ...], default: str | None, settin
     return _Table(loaded, chosen, settings)
 
 
+def load_certificate(spec: CertificateSpec, settings: ServerTlsSettings | None = None) -> Certificate:
+    """Load and check one certificate on its own: the config layer calls this per
+    ``[certificates.NAME]`` so an error carries that table's path."""
+    return _load_certificate(spec, settings or ServerTlsSettings())
+
+
 def _load_certificate(spec: CertificateSpec, settings: ServerTlsSettings) -> Certificate:
     """Check the pair with precise messages, then build its own context."""
     leaf, names = _check_pair(spec.cert, spec.key)
@@ -394,11 +401,11 @@ def _ssl_reason(exc: BaseException) -> str:
     return reason.lower().replace("_", " ") if isinstance(reason, str) else str(exc)
 
 
-def _check_sni_name(name: str, owner: str) -> str:
+def _check_sni_name(name: str, where: str) -> str:
     lowered = name.strip().lower().rstrip(".")
     host = lowered.removeprefix("*.")
     if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in host.split(".")):
-        raise ValueError(f"certificate {owner!r}: {name!r} is not a host name or a '*.domain' wildcard")
+        raise ValueError(f"{where}: {name!r} is not a host name or a '*.domain' wildcard")
     return lowered
 
 
@@ -563,7 +570,9 @@ class TlsOptions:
         if self.key and not self.cert:
             raise ValueError(f"client key {self.key} given without a client certificate")
         if self.sni is not None:
-            _check_sni_name(self.sni, "upstream")
+            if self.sni.startswith("*"):
+                raise ValueError(f"TLS sni {self.sni!r} must be a host name, not a wildcard")
+            _check_sni_name(self.sni, "TLS sni")
 
     def server_hostname(self, host: str) -> str | None:
         """The name to send as SNI and to verify: ``sni``, else ``host`` (None for a Unix
@@ -639,7 +648,7 @@ async def read_client_hello(
             return HelloPeek(result, bytes(taken))  # type: ignore[arg-type]  # the peeked rest stays queued
         if len(seen) >= limit:
             raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.DOWNSTREAM, context=f"no complete ClientHello in {limit} bytes")
-        pass  # incomplete: take it, so the next wait sees only new bytes
+        taken += _recv_exactly(sock, len(data))  # incomplete: take it, so the next wait sees only new bytes
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
