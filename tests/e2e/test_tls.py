@@ -476,14 +476,45 @@ def test_load_errors_name_the_file_and_the_problem(pki: Pki, tmp_path: Path) -> 
     assert loaded.not_after.tzinfo is not None
 
 
-def test_unreadable_key(pki: Pki, tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file")
-    key = tmp_path / "locked.key"
-    key.write_bytes(Path(pki.a.key).read_bytes())
-    key.chmod(0)
-    with pytest.raises(ValueError, match=f"key file {key} cannot be read: permission denied"):
-        CertStore([CertificateSpec("x", pki.a.cert, str(key))])
+def test_unreadable_key(pki: Pki) -> None:
+    """A key file the process may not read. Root reads any file, so as root the load runs in
+    a child that drops to an unprivileged user (files in a world-traversable directory)."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        directory.chmod(0o755)
+        cert, key = directory / "a.pem", directory / "locked.key"
+        shutil.copy(pki.a.cert, cert)
+        cert.chmod(0o644)
+        key.write_bytes(Path(pki.a.key).read_bytes())
+        key.chmod(0)
+        expected = f"key file {key} cannot be read: permission denied"
+        if os.geteuid() != 0:
+            with pytest.raises(ValueError, match=expected):
+                CertStore([CertificateSpec("x", str(cert), str(key))])
+            return
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                CertStore([CertificateSpec("x", str(cert), str(key))])
+                os.write(write_end, b"loaded")
+            except ValueError as exc:
+                os.write(write_end, str(exc).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        _, status = os.waitpid(pid, 0)
+        message = os.read(read_end, 4096).decode()
+        os.close(read_end)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert expected in message, message
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_combined_pem_and_settings_errors(pki: Pki, tmp_path: Path) -> None:

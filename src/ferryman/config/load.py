@@ -49,6 +49,10 @@ def load_dict(data: dict[str, Any], source: str = "") -> Config:
     except ValidationError as exc:
         errors.extend(pydantic_errors(exc))
     errors.extend(check_references(data))
+    if config is not None and not errors:
+        from .tls import check_tls  # reads the certificate files
+
+        errors.extend(check_tls(config))
     if errors:
         raise ConfigError(_dedupe(errors), source)
     assert config is not None

@@ -42,6 +42,26 @@ class DemoConfig(Strict):
     addr: SocketAddress
 
 
+class CertificateConfig(Strict):
+    """A certificate a listener can serve: PEM chain (leaf first) and unencrypted PEM key."""
+
+    cert: str
+    key: str
+    names: list[str] = []  # SNI names it serves ("*.example.com": one label); default: its SAN DNS names
+
+
+class UpstreamTlsConfig(Strict):
+    """TLS towards an upstream's backends (http listeners)."""
+
+    verify: bool = True  # check the certificate chain and name
+    ca: str | None = None  # CA file; default: the system's trust store
+    sni: str | None = None  # name sent and verified; default: the backend's host
+    cert: str | None = None  # client certificate (mTLS to the upstream)
+    key: str | None = None
+    alpn: list[str] = []
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
 class TcpKeepaliveConfig(Strict):
     idle: Duration = 60.0
     interval: Duration = 10.0
@@ -139,6 +159,7 @@ class UpstreamConfig(Strict):
     connect_proxy: SocketAddress | None = None  # reach backends through an HTTP CONNECT proxy
     health_check: HealthCheckConfig | None = None
     passive_health: PassiveHealthConfig | None = None
+    tls: bool | UpstreamTlsConfig = False  # true: verify with the system CAs, SNI = the backend's host
     # backends given as DNS names: resolved at load, then every resolve_interval (0: never again)
     resolve_interval: Duration = 30.0
     ipv4_only: bool = False
@@ -267,6 +288,19 @@ class ListenerConfig(Strict):
     forward_proxy: bool = False  # accept CONNECT host:port (to connect_ports only)
     connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [443]
     tunnel_idle_timeout: Duration = 600.0  # WebSocket / CONNECT tunnels
+    # TLS termination (http listeners): certificate names, the first the default
+    tls: list[str] = []
+    tls_default: str | None = None
+    tls_strict_sni: bool = False  # refuse unknown or missing SNI instead of serving the default
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    tls_ciphers: str | None = None  # OpenSSL list for TLS 1.2; default: ECDHE with AEAD only
+    tls_session_tickets: bool = True
+    tls_alpn: list[str] = ["http/1.1"]
+    tls_client_ca: str | None = None  # mTLS: CA file for client certificates
+    tls_client_verify: Literal["none", "optional", "required"] = "none"
+    # tcp listeners: route TLS by the ClientHello's server name, without terminating it
+    sni_upstreams: dict[str, str] = {}  # "a.example.com" or "*.example.com" → upstream name
+    sni_timeout: Duration = 5.0
     access_log: str = "off"  # "stdout", "stderr", a file path, or "off"
     access_log_format: str | list[str] = "combined"  # combined|common|main|json, a $template, or JSON fields
 
@@ -278,13 +312,15 @@ class Config(Strict):
     listeners: dict[str, ListenerConfig] = {}
     upstreams: dict[str, UpstreamConfig] = {}
     routes: dict[str, RouteConfig] = {}
-    filters: dict[str, dict[str, Any]] = {}  # kind + the kind's own typed keys (checked in load)
+    filters: dict[str, dict[str, Any]] = {}
+    certificates: dict[str, CertificateConfig] = {}  # kind + the kind's own typed keys (checked in load)
 
 
 __all__ = [
     "Address",
     "Config",
     "DemoConfig",
+    "CertificateConfig",
     "HealthCheckConfig",
     "PassiveHealthConfig",
     "HeaderEdits",
@@ -293,5 +329,6 @@ __all__ = [
     "ServerConfig",
     "TcpKeepaliveConfig",
     "UpstreamConfig",
+    "UpstreamTlsConfig",
     "parse_member",
 ]

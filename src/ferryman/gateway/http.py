@@ -21,6 +21,7 @@ from ..http.service import HttpProxyService
 from ..http.session import Session
 from ..net.addr import parse_address
 from ..net.connect import Connector, Peer
+from ..net.tls import CertStore
 from ..observability.accesslog import AccessLog
 from ..routing import PathRewrite, RouteSpec, RouteTable, normalize_host, split_target
 from ..runtime.upstreams import Candidates, Upstream
@@ -325,7 +326,7 @@ def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstr
 
 def build_http_service(
     name: str, cfg: ListenerConfig, router: Router, sock: socket.socket, connector: Connector, upstreams: dict[str, Upstream],
-    access_log: AccessLog | None = None, channel: socket.socket | None = None,
+    access_log: AccessLog | None = None, channel: socket.socket | None = None, tls: CertStore | None = None,
 ) -> HttpProxyService:
     used = [u.config for u in upstreams.values()] or [None]
     # each backend's peer carries its own upstream's pool size and idle timeout; these are
@@ -354,4 +355,5 @@ def build_http_service(
         proxy_trusted=cfg.proxy_protocol_trusted,
         proxy_header_timeout=cfg.proxy_protocol_timeout,
         channel=channel,
+        tls=tls,
     )

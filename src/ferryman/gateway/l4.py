@@ -35,14 +35,18 @@ class GatewayL4(ProxyL4):
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.max_tries = upstream.config.max_tries
-        self._hash = upstream.config.lb == "consistent_hash"
 
     async def upstream_peer(self, session: L4Session) -> Peer:
+        upstream = self.upstream_for(session)
         if session.candidates is None:
-            session.candidates = self.upstream.candidates(session.client_ip if self._hash else "")
-        backend = self.upstream.next_backend(session.candidates, session.last_error)
+            session.candidates = upstream.candidates(session.client_ip if upstream.config.lb == "consistent_hash" else "")
+        backend = upstream.next_backend(session.candidates, session.last_error)
         session.ctx = _Pick(backend)
-        return self.upstream.peer_for(backend)
+        return upstream.peer_for(backend)
+
+    def upstream_for(self, session: L4Session) -> Upstream:
+        """The upstream of this connection (one per listener here; by SNI in the subclass)."""
+        return self.upstream
 
     def fail_to_connect(self, session: L4Session, peer: Peer, error: ProxyError) -> ProxyError:
         backend = session.ctx.backend
@@ -72,15 +76,42 @@ class CountingGatewayL4(GatewayL4):
 
 
 
+class SniGatewayL4(GatewayL4):
+    """Route TLS connections by the ClientHello's server name, without terminating them:
+    exact names first, then ``*.example.com`` (one label), else the listener's upstream."""
+
+    def __init__(self, upstream: Upstream, routes: dict[str, Upstream]) -> None:
+        super().__init__(upstream)
+        self.exact = {name.lower(): u for name, u in routes.items() if not name.startswith("*.")}
+        self.wildcard = {name[1:].lower(): u for name, u in routes.items() if name.startswith("*.")}  # ".example.com"
+        self.max_tries = max([upstream.config.max_tries, *(u.config.max_tries for u in routes.values())])
+
+    def upstream_for(self, session: L4Session) -> Upstream:
+        name = (session.sni or "").lower()
+        if name:
+            found = self.exact.get(name)
+            if found is not None:
+                return found
+            dot = name.find(".")
+            if dot > 0:
+                found = self.wildcard.get(name[dot:])
+                if found is not None:
+                    return found
+        return self.upstream
+
+
 def build_listener_service(
     name: str, cfg: ListenerConfig, upstream: Upstream, *, pipes: PipePool, connector: Connector, sock: socket.socket | None = None,
-    channel: socket.socket | None = None,
+    channel: socket.socket | None = None, sni_routes: dict[str, Upstream] | None = None,
 ) -> Any:
     """Bind (unless given a socket) and wrap one tcp/udp listener in its service."""
     udp = cfg.protocol == "udp"
     if sock is None:
         sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
-    app = CountingGatewayL4(upstream) if counts_connections(upstream.balancer) else GatewayL4(upstream)
+    if sni_routes:
+        app: GatewayL4 = SniGatewayL4(upstream, sni_routes)
+    else:
+        app = CountingGatewayL4(upstream) if counts_connections(upstream.balancer) else GatewayL4(upstream)
     if udp:
         return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)
     return TcpProxyService(
@@ -97,4 +128,6 @@ def build_listener_service(
         termination_delay=cfg.termination_delay,
         splice=cfg.splice,
         channel=channel,
+        sni_peek=bool(sni_routes),
+        sni_timeout=cfg.sni_timeout,
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.load import load_file
 from ..config.model import Config, ListenerConfig
+from ..config.tls import cert_store, refresh
 from ..errors import ConfigError
 from ..filters.base import Filter
 from ..net.connect import Connector
@@ -94,13 +95,19 @@ class Runtime:
         config = self.config
         assert config is not None
         if cfg.protocol != "http":
-            service = build_listener_service(name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock, channel=channel)  # type: ignore[index]
+            sni_routes = {pattern: self.upstreams[u] for pattern, u in cfg.sni_upstreams.items()}
+            service = build_listener_service(
+                name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock, channel=channel,  # type: ignore[index]
+                sni_routes=sni_routes,
+            )
             return Listener(cfg, service, None)
         access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
         if access_log is not None:
             self.server.add_background(AccessLogService(access_log))
         router = build_router(config, cfg, self.upstreams, self.filters)
-        service = build_http_service(name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel)
+        service = build_http_service(
+            name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel, cert_store(config, cfg)
+        )
         return Listener(cfg, service, access_log)
 
     async def upgrade(self) -> None:
@@ -203,6 +210,8 @@ class Runtime:
         service = old.service
         if cfg.protocol == "http":
             service.app.router = build_router(self.config, cfg, self.upstreams, self.filters)  # type: ignore[arg-type]
+            if service.tls is not None:
+                refresh(service.tls, self.config, cfg)  # type: ignore[arg-type]
         else:
             upstream = self.upstreams[cfg.upstream]  # type: ignore[index]
             app = (CountingGatewayL4 if counts_connections(upstream.balancer) else GatewayL4)(upstream)

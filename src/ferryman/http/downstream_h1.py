@@ -166,7 +166,7 @@ class DownstreamH1(asyncio.Protocol):
         self.requests += 1
         if not head.keep_alive or self.closing:
             self.keep_alive = False
-        session = Session(head, self.peer, self.local, self)
+        session = Session(head, self.peer, self.local, self, tls=self.service.tls is not None)
         service = self.service
         if service.has["new_ctx"]:
             session.ctx = service.app.new_ctx()

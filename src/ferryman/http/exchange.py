@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorKind, ErrorSource, ProxyError
@@ -184,8 +185,19 @@ class Exchange:
                 if peer.proxy_protocol:
                     header = _proxy_header(peer.proxy_protocol, s)
                     await self.loop.sock_sendall(sock, header)
-                _, conn = await self.loop.create_connection(lambda: UpstreamH1(key, peer.name), sock=sock)
+                tls = getattr(peer, "tls", None)
+                if tls is None:
+                    _, conn = await self.loop.create_connection(lambda: UpstreamH1(key, peer.name), sock=sock)
+                else:
+                    _, conn = await self.loop.create_connection(
+                        lambda: UpstreamH1(key, peer.name), sock=sock, ssl=tls.context(),
+                        server_hostname=tls.server_hostname(peer.address.host),
+                        ssl_handshake_timeout=peer.connect_timeout or 60.0,
+                    )
                 conn.max_idle, conn.idle_timeout = peer.pool_size, peer.pool_idle_timeout
+            except ssl.SSLError as exc:
+                sock.close()
+                raise ProxyError(ErrorKind.CONNECT_ERROR, ErrorSource.UPSTREAM, retry=True, context=f"TLS handshake with {peer.name} failed") from exc
             except OSError as exc:
                 sock.close()
                 raise ProxyError(ErrorKind.CONNECT_ERROR, ErrorSource.UPSTREAM, retry=True, context=peer.name) from exc

@@ -13,6 +13,7 @@ from ..net.connect import Connector
 from ..net.balance import ConnectionReceiver
 from ..net.pump import PipePool
 from ..net.sweep import DeadlineSweep, tick_for
+from ..net.tls import CertStore
 from ..upstream.pool import ConnectionPool
 from .hooks import ProxyHttp, overrides
 
@@ -68,7 +69,11 @@ class HttpProxyService:
         proxy_trusted: Sequence[IPv4Network | IPv6Network] = (),
         proxy_header_timeout: float = 5.0,
         channel: socket.socket | None = None,
+        tls: CertStore | None = None,
     ) -> None:
+        if tls is not None and accept_proxy:
+            raise ValueError("a PROXY header before TLS is not supported yet: accept_proxy and tls cannot be combined")
+        self.tls = tls  # certificates by SNI; tls.replace() / tls.reload() swap them while serving
         self.backlog = backlog
         self.channel = channel  # least_conn: connections arrive here (SCM_RIGHTS), not by accept
         self.receiver: ConnectionReceiver | None = None
@@ -142,7 +147,13 @@ class HttpProxyService:
             self.receiver = ConnectionReceiver(self.loop, self.channel, self._adopt)
             self.receiver.start()
             return
-        self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog)
+        self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog, **self._ssl_options())
+
+    def _ssl_options(self) -> dict:
+        """TLS termination (create_server / connect_accepted_socket keywords)."""
+        if self.tls is None:
+            return {}
+        return {"ssl": self.tls.context, "ssl_handshake_timeout": self.header_timeout or 60.0}
 
     def _adopt(self, conn: socket.socket, peer: object) -> None:
         """A connection the balancing process accepted and passed to this worker."""
@@ -150,7 +161,7 @@ class HttpProxyService:
 
         async def adopt() -> None:
             try:
-                await self.loop.connect_accepted_socket(lambda: DownstreamH1(self), sock=conn)
+                await self.loop.connect_accepted_socket(lambda: DownstreamH1(self), sock=conn, **self._ssl_options())
             except OSError:
                 conn.close()
                 self.receiver.release()  # type: ignore[union-attr]

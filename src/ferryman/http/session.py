@@ -68,6 +68,13 @@ class Session:
 
     # request facts -----------------------------------------------------------------------
     @property
+    def ssl_object(self) -> Any:
+        """The client's TLS connection (``ferryman.net.tls.peer_identity(s.ssl_object)``
+        for mTLS; ``.version()``, ``.cipher()``, ``.selected_alpn_protocol()``), or None."""
+        transport = self._downstream.transport if self.tls else None
+        return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    @property
     def client_ip(self) -> str:
         addr = self.client_addr
         return addr[0] if isinstance(addr, tuple) else ""

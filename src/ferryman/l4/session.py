@@ -34,6 +34,8 @@ class L4Session:
         "reset_by",
         "timed_out",
         "candidates",
+        "sni",
+        "alpn",
     )
 
     def __init__(self, listener: str, protocol: str, socket_peer: Any, local_addr: Any, ctx: Any = None) -> None:
@@ -54,6 +56,8 @@ class L4Session:
         self.reset_by: str | None = None
         self.timed_out = False
         self.candidates: Any = None  # balancer iterator kept across failover tries
+        self.sni: str | None = None  # the TLS ClientHello's server name (listeners that peek at it)
+        self.alpn: tuple[str, ...] = ()  # the protocols the ClientHello offers
 
     @property
     def client_ip(self) -> str:

@@ -17,6 +17,7 @@ from ..net.connect import Connector, Peer
 from ..net.balance import ConnectionReceiver
 from ..net.listener import Acceptor
 from ..net.pump import PipePool, SplicePump, TransportPump
+from ..net.tls import read_client_hello
 from ..protocol import proxy_protocol
 from .hooks import ProxyL4, overrides
 from .session import L4Session
@@ -52,8 +53,12 @@ class TcpProxyService:
         termination_delay: float | None = None,
         splice: str = "auto",
         channel: socket.socket | None = None,
+        sni_peek: bool = False,
+        sni_timeout: float = 5.0,
     ) -> None:
         self.name = name
+        self.sni_peek = sni_peek  # read the TLS ClientHello's SNI/ALPN into the session before upstream_peer
+        self.sni_timeout = sni_timeout
         self.sock = sock
         self.channel = channel  # least_conn: receive connections here instead of accepting on sock
         self.app = app
@@ -128,6 +133,11 @@ class TcpProxyService:
             early = b""
             if self.accept_proxy and self._must_send_header(session.socket_peer):
                 early = await self._read_proxy_header(conn, session)
+            if self.sni_peek:
+                peek = await read_client_hello(conn, prefix=early, timeout=self.sni_timeout)
+                if peek.hello is not None:
+                    session.sni, session.alpn = peek.hello.server_name, peek.hello.alpn
+                early = peek.consumed  # the PROXY leftovers plus any hello bytes read: sent upstream first
             if self._has_filter and not await app.connection_filter(session):
                 raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.DOWNSTREAM, context=f"client {session.client_addr} refused by connection_filter")
             upstream = await self._connect(session)

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -22,6 +23,9 @@ from ferryman.errors import ErrorKind, ErrorSource, ProxyError
 from ferryman.net.addr import Address
 from ferryman.net.reactor import reactor_for
 from ferryman.net.source_port import connect_with_port_affinity
+
+if TYPE_CHECKING:
+    from ferryman.net.tls import TlsOptions
 
 __all__ = [
     "MAX_CONNECT_HEAD",
@@ -114,6 +118,7 @@ class Peer:
     pool_size: int | None = None  # HTTP: idle connections kept for this peer (None: the service's default)
     pool_idle_timeout: float | None = None  # HTTP: how long one may stay idle (None: the service's default)
     port_affinity: tuple[int, int] | None = None  # (worker, workers): a source port p with p % workers == worker
+    tls: TlsOptions | None = None  # HTTP: speak TLS to the peer (verification, SNI, ALPN, client cert)
 
     pool_key: str = field(default="", compare=False, repr=False)  # derived: see __post_init__
 
@@ -122,7 +127,7 @@ class Peer:
             object.__setattr__(self, "name", str(self.address))
         # what an HTTP upstream connection to this peer is pooled under: a str, whose hash is
         # cached (a tuple holding the Address dataclass was hashed in Python twice a request)
-        object.__setattr__(self, "pool_key", f"{self.address}|{self.proxy}|{self.proxy_protocol}")
+        object.__setattr__(self, "pool_key", f"{self.address}|{self.proxy}|{self.proxy_protocol}|{self.tls!r}")
 
 
 def tune_socket(

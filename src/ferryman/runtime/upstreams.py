@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..config.model import Config, UpstreamConfig, parse_member
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from . import process
+from ..config.tls import tls_options
 from ..net.connect import HttpConnectProxy, Peer, TcpKeepalive
 from ..upstream.backend import Backend
 from ..upstream.balancer import Balancer, Member, WeightedUpstreams
@@ -157,6 +158,7 @@ def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:
         pool_size=cfg.pool_size,
         pool_idle_timeout=cfg.pool_idle_timeout,
         port_affinity=process.CURRENT.affinity if cfg.source_port_affinity and proxy is None else None,
+        tls=tls_options(cfg),
     )
 
 
