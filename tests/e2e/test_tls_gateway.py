@@ -230,3 +230,25 @@ tls = {{ key = "{mine.key}" }}
     assert "no certificate named 'ghost'" in errors["listeners.web.tls[1]"]
     assert "client CA" in errors["listeners.web.tls"]
     assert "without a client certificate" in errors["upstreams.u.tls"]
+
+
+async def test_http_health_checks_speak_tls_to_tls_backends(tmp_path: Path) -> None:
+    from ferryman.runtime.upstreams import build_upstreams
+
+    ca = Authority(tmp_path)
+    origin = await _tls_origin(_server_ctx(ca.issue("api.internal", dns=("api.internal",), file="api")), b"ok")
+    port = origin.sockets[0].getsockname()[1]
+    try:
+        for sni, healthy in (("api.internal", True), ("wrong.internal", False)):
+            config = load_text(f"""
+[upstreams.api]
+backends = ["127.0.0.1:{port}"]
+tls = {{ ca = "{ca.cert}", sni = "{sni}" }}
+health_check = {{ kind = "http", path = "/health", rise = 1, fall = 1 }}
+""")
+            checker = build_upstreams(config)["api"].checker
+            await checker.run_once()
+            assert checker.backends[0].healthy is healthy
+    finally:
+        origin.close()
+        await origin.wait_closed()

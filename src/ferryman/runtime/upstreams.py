@@ -213,7 +213,7 @@ def build_upstreams(config: Config, previous: dict[str, Upstream] | None = None)
                     name, lines, lookup=lookup(), apply=upstream.replace_backends, interval=cfg.resolve_interval, ipv4_only=cfg.ipv4_only
                 )
             hc = cfg.health_check
-            check = make_check(hc) if hc is not None else tcp_check
+            check = make_check(hc, tls_options(cfg)) if hc is not None else tcp_check
             if hc is not None:
                 upstream.checker = HealthChecker(
                     backends, HealthCheckConfig(interval=hc.interval, timeout=hc.timeout, rise=hc.rise, fall=hc.fall), check

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..protocol.h1 import H1Error, ResponseHead, ResponseParser
 from .backend import Backend
@@ -101,6 +101,7 @@ def http_check(
     host: str | None = None,
     expect_status: Iterable[int] = (),
     headers: Mapping[str, str] | None = None,
+    tls: Any = None,
 ) -> Check:
     """An HTTP/1.1 check: ``METHOD path`` with ``Connection: close``; the backend is fine
     when the status is in ``expect_status`` (default: any 2xx or 3xx).
@@ -109,7 +110,8 @@ def http_check(
     Unix socket); ``headers`` are added, replacing defaults of the same name. Only the
     response head is read (at most :data:`MAX_RESPONSE_HEAD` bytes). Failures raise
     :class:`CheckFailed` (or the OSError of the connect) with a precise reason; the caller
-    bounds the time. Bad arguments raise ValueError at once, not at check time.
+    bounds the time. Bad arguments raise ValueError at once, not at check time. ``tls``: a
+    :class:`~ferryman.net.tls.TlsOptions` when the backends speak TLS (as their traffic does).
     """
     if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
         raise ValueError(f"health check path {path!r}: expected an origin-form path such as /healthz")
@@ -147,6 +149,10 @@ def http_check(
             host_value = str(address).encode("ascii", "replace")
         if address.is_unix:
             reader, writer = await asyncio.open_unix_connection(address.path)
+        elif tls is not None:
+            reader, writer = await asyncio.open_connection(
+                address.host, address.port, ssl=tls.context(), server_hostname=tls.server_hostname(address.host)
+            )
         else:
             reader, writer = await asyncio.open_connection(address.host, address.port)
         try:
@@ -200,8 +206,9 @@ def _final_head(events: list) -> ResponseHead | None:
     return None
 
 
-def make_check(cfg: HealthCheckModel) -> Check:
-    """The check described by a ``health_check`` config table (``kind`` tcp or http)."""
+def make_check(cfg: HealthCheckModel, tls: Any = None) -> Check:
+    """The check described by a ``health_check`` config table (``kind`` tcp or http);
+    ``tls``: the upstream's TLS options, so http probes speak TLS like its traffic."""
     if cfg.kind == "tcp":
         return tcp_check
     if cfg.kind == "http":
@@ -211,6 +218,7 @@ def make_check(cfg: HealthCheckModel) -> Check:
             host=cfg.host,
             expect_status=cfg.expect_status,
             headers=cfg.headers,
+            tls=tls,
         )
     raise ValueError(f"unknown health check kind {cfg.kind!r}")
 
