@@ -511,3 +511,39 @@ async def test_a_connection_not_yet_heard_from_is_served_while_draining() -> Non
     finally:
         await client.close()
         await stop(server)
+
+
+async def test_a_hook_may_read_the_whole_body_and_answer_or_proxy_it() -> None:
+    """Session.read_body(): bounded (413 beyond the limit), works past the 64 KiB buffer, and a
+    body read by a hook still goes upstream when the request is proxied."""
+    server, peer = await origin()
+
+    class Api(App):
+        async def request_filter(self, session):
+            if session.request.target == b"/echo":
+                return False  # proxied: the origin echoes what it got
+            body = await session.read_body(limit=200_000)
+            if session.request.target == b"/peek":
+                session.upstream_target = b"/echo"  # the demo origin echoes /echo
+                return False
+            session.respond(200, b"%d bytes, %s" % (len(body), body[:5]))
+            return True
+
+    proxy = await start_proxy(Api(peer))
+    try:
+        client = await Client.open(proxy)
+        big = b"x" * 150_000  # over the 64 KiB buffer
+        client.send(b"POST /api HTTP/1.1\r\nHost: t\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+        assert (await client.response())[2] == b"150000 bytes, xxxxx"
+        client.send(b"POST /api HTTP/1.1\r\nHost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert (await client.response())[2] == b"5 bytes, hello"
+        client.send(b"POST /peek HTTP/1.1\r\nHost: t\r\ncontent-length: 11\r\n\r\nhello world")
+        status, _, body = await client.response()
+        assert status == 200 and body.endswith(b"hello world")  # read by the hook, then proxied
+        too_big = b"y" * 300_000
+        client.send(b"POST /api HTTP/1.1\r\nHost: t\r\ncontent-length: %d\r\n\r\n" % len(too_big) + too_big)
+        status, _, body = await client.response()
+        assert status == 413 and b"over the limit of 200000 bytes" in body
+        await client.close()
+    finally:
+        await stop(proxy, server)

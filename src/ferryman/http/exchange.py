@@ -60,6 +60,7 @@ class Exchange:
         self.req_buffer: list[bytes] = []
         self.req_buffered = 0
         self.req_streaming = False
+        self.body_waiter: asyncio.Future[None] | None = None  # Session.read_body() is waiting
         # response (upstream → downstream)
         self.head_future: asyncio.Future[ResponseHead] = self.loop.create_future()
         self.done: asyncio.Future[None] = self.loop.create_future()
@@ -302,7 +303,7 @@ class Exchange:
             return
         self.req_buffer.append(data)
         self.req_buffered += len(data)
-        if self.req_buffered > BODY_BUFFER_LIMIT:
+        if self.req_buffered > BODY_BUFFER_LIMIT and self.body_waiter is None:
             self.downstream.pause_reading_for(self)
 
     def on_request_end(self) -> None:
@@ -313,8 +314,35 @@ class Exchange:
             elif tail:
                 self.req_buffer.append(tail)
         self.request_done = True
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
         if self.req_streaming and self.request_chunked:
             self.upstream.write(last_chunk())  # type: ignore[union-attr]
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole request body, before anything went upstream (see ``Session.read_body``).
+        The bytes stay buffered: if the request is then proxied, they go upstream as usual."""
+        if self.req_streaming:
+            raise RuntimeError("read_body(): the request body is already going upstream")
+        s = self.session
+        if s.body_bytes_received > limit or (s.request.body.length or 0) > limit:
+            self.downstream.keep_alive = False
+            self.failed = True  # drop whatever of the body is still to come
+            raise ProxyError(ErrorKind.BODY_TOO_LARGE, ErrorSource.DOWNSTREAM, context=f"the request body is over the limit of {limit} bytes")
+        if not self.request_done:
+            if s.max_body is None or limit < s.max_body:
+                s.max_body = limit
+            self.body_waiter = self.loop.create_future()
+            self.downstream.resume_reading_for(self)  # it may have paused at the buffer limit
+            try:
+                await self.body_waiter
+            except ProxyError:
+                if self.head_future.done():
+                    self.head_future.exception()  # the same error: raised here, not awaited there
+                raise
+            finally:
+                self.body_waiter = None
+        return b"".join(self.req_buffer)
 
     def _filter_request_body(self, data: bytes, end: bool) -> bytes:
         try:
@@ -525,6 +553,8 @@ class Exchange:
         self._upstream_failed(ProxyError(kind, ErrorSource.UPSTREAM, context=context))
 
     def _upstream_failed(self, error: ProxyError) -> None:
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_exception(error)
         if self.upstream is not None:
             self.upstream.alive = False
         if not self.head_future.done():
@@ -654,6 +684,9 @@ class Exchange:
         """The client went away: stop the upstream side too."""
         self._abort_upstream()
         error = ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context="client closed the connection")
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_exception(error)  # read_body() raises it; no response will be awaited
+            return
         if not self.head_future.done():
             self.head_future.set_exception(error)
         elif not self.done.done():

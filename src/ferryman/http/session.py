@@ -103,6 +103,12 @@ class Session:
         """Idempotent and without a request body: may be sent again on another connection."""
         return self.request.method in IDEMPOTENT and self.body_bytes_received == 0
 
+    async def read_body(self, limit: int = 1 << 20) -> bytes:
+        """The whole request body (at most ``limit`` bytes, else 413), for an async
+        ``request_filter`` that answers from it (an API, a form). Call it before anything
+        is proxied; if the request is then proxied, the body still goes upstream."""
+        return await self._downstream.exchange.read_body(limit)
+
     # answering -----------------------------------------------------------------------------
     def respond(self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Send a complete response downstream (e.g. from ``request_filter``)."""
