@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from ..net.addr import Address
+from ..net.addr import Address, parse_address
 from ..upstream.backend import Backend, parse_backend
 from .types import Duration, Network, Size, SocketAddress
 
@@ -60,6 +60,13 @@ class UpstreamTlsConfig(Strict):
     key: str | None = None
     alpn: list[str] = []
     min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class AdminConfig(Strict):
+    """The admin API (and /metrics): JSON on its own listener, localhost by default."""
+
+    addr: SocketAddress = parse_address("127.0.0.1:9180")
+    token: str | None = None  # required as "Authorization: Bearer TOKEN" when set
 
 
 class TcpKeepaliveConfig(Strict):
@@ -309,6 +316,7 @@ class ListenerConfig(Strict):
 class Config(Strict):
     server: ServerConfig = ServerConfig()
     demo: DemoConfig | None = None
+    admin: AdminConfig | None = None
     listeners: dict[str, ListenerConfig] = {}
     upstreams: dict[str, UpstreamConfig] = {}
     routes: dict[str, RouteConfig] = {}
@@ -320,6 +328,7 @@ __all__ = [
     "Address",
     "Config",
     "DemoConfig",
+    "AdminConfig",
     "CertificateConfig",
     "HealthCheckConfig",
     "PassiveHealthConfig",

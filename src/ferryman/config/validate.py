@@ -30,7 +30,25 @@ def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     errors += _check_route_edits(routes)
     errors += _check_member_health(upstreams)
     errors += _check_balance(listeners, data.get("server"))
+    errors += _check_admin(data.get("admin"))
     return errors
+
+
+def _check_admin(admin: Any) -> list[tuple[str, str]]:
+    """An admin API reachable beyond this host must ask for a token."""
+    if not isinstance(admin, dict) or admin.get("token"):
+        return []
+    addr = admin.get("addr", "127.0.0.1:9180")
+    try:
+        address = parse_address(addr) if isinstance(addr, str) else None
+    except ValueError:
+        return []  # reported by the structural pass
+    if address is None or address.is_unix:
+        return []
+    host = address.host
+    if host == "localhost" or host.startswith("127.") or host == "::1":
+        return []
+    return [("admin.token", f"required: the admin API on {addr} is reachable from other hosts")]
 
 
 def _check_balance(listeners: dict, server: Any) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from ..server.watch import FileWatch, WatchService
 from ..server.workers import run_workers
 from ..upstream.health_board import HealthBoard
 from .balancer import balance_main
-from .runtime import DEMO, Runtime, balance_mode
+from .runtime import ADMIN, DEMO, Runtime, balance_mode
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Gateway:
         self.rate_board = RateBoard(config.server.workers) if config.server.workers > 1 else None
         self.health_board = HealthBoard() if config.server.workers > 1 else None
         self.demo_sock: socket.socket | None = None
+        self.admin_sock: socket.socket | None = None
 
     def bind(self, handed: dict[str, socket.socket] | None = None) -> None:
         """Bind every listener now, so a clash or a bad address fails before serving starts.
@@ -70,6 +71,8 @@ class Gateway:
         try:
             if self.config.demo is not None:
                 self.demo_sock = _take(handed, DEMO, self.config.demo.addr, False) or bind_socket(self.config.demo.addr)
+            if self.config.admin is not None:
+                self.admin_sock = _take(handed, ADMIN, self.config.admin.addr, False) or bind_socket(self.config.admin.addr)
             workers = self.config.server.workers
             for name, cfg in self.config.listeners.items():
                 udp = cfg.protocol == "udp"
@@ -103,6 +106,8 @@ class Gateway:
             out.update((f"{name}#{i}", sock) for i, sock in enumerate(group))
         if self.demo_sock is not None and self.demo_sock.fileno() >= 0:
             out[DEMO] = self.demo_sock
+        if self.admin_sock is not None and self.admin_sock.fileno() >= 0:
+            out[ADMIN] = self.admin_sock
         return out
 
     def close(self) -> None:
@@ -115,6 +120,9 @@ class Gateway:
             dispatcher.close()
             for end in ends:
                 end.close()
+        for sock in (self.demo_sock, self.admin_sock):
+            if sock is not None:
+                sock.close()
 
     def channel_for(self, name: str, worker: int) -> socket.socket | None:
         """least_conn, in a worker: its end of the listener's channel (the other ends, and

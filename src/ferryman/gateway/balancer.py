@@ -50,5 +50,3 @@ async def _balance(gateway: Gateway) -> None:
     await stop.wait()
     for acceptor in acceptors:
         acceptor.close()
-    if gateway.demo_sock is not None:
-        gateway.demo_sock.close()

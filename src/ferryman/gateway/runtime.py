@@ -6,18 +6,22 @@ import asyncio
 import inspect
 import logging
 import os
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ..admin.api import AdminApi
 from ..config.load import load_file
 from ..config.model import Config, ListenerConfig
 from ..config.tls import cert_store, refresh
 from ..errors import ConfigError
 from ..filters.base import Filter
+from ..http.service import HttpProxyService
 from ..net.connect import Connector
 from ..net.listener import bind_socket
 from ..net.pump import PipePool
 from ..observability.accesslog import AccessLog
+from ..runtime import process
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server
 from ..server.upgrade import upgrade
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO = "__demo__"  # the demo origin's socket in a binary upgrade's handoff
+ADMIN = "__admin__"  # the admin listener's
 
 
 class Listener:
@@ -89,7 +94,29 @@ class Runtime:
                 self.server.add_background(upstream.resolver)
         if self.gateway.health_board is not None:
             self.server.add_background(HealthSync(self.gateway.health_board, lambda: self.upstreams, leader=self.worker == 0))
+        self._serve_admin(config)
         self.generation = 1
+
+    def _serve_admin(self, config: Config) -> None:
+        """The admin API, in worker 0 (the other workers close their copy of its socket)."""
+        sock = self.gateway.admin_sock
+        if sock is None or config.admin is None:
+            return
+        if self.worker != 0:
+            sock.close()
+            return
+        forked = config.server.workers > 1 and process.CURRENT.workers > 1
+
+        async def reload() -> bool:
+            if forked:  # every process reloads: the master re-reads the file and tells them
+                os.kill(os.getppid(), signal.SIGHUP)
+                return True
+            return await self.reload()
+
+        api = AdminApi(self, self.gateway.path, token=config.admin.token, reload=reload, metrics=self.metrics_text)
+        self.server.add_service(HttpProxyService("admin", sock, api, forwarded_headers=False, header_timeout=30.0))
+
+    metrics_text: Any = None  # a callable rendering /metrics, when metrics are collected
 
     def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
         config = self.config
@@ -117,8 +144,9 @@ class Runtime:
             log.warning("upgrade: no config file to start a new process from")
             return
         sockets = {name: listener.service.sock for name, listener in self.listeners.items()}
-        if self.gateway.demo_sock is not None and self.gateway.demo_sock.fileno() >= 0:
-            sockets[DEMO] = self.gateway.demo_sock
+        for name, sock in ((DEMO, self.gateway.demo_sock), (ADMIN, self.gateway.admin_sock)):
+            if sock is not None and sock.fileno() >= 0:
+                sockets[name] = sock
         pid = await asyncio.get_running_loop().run_in_executor(None, upgrade, sockets, str(self.gateway.path))
         if pid is not None:
             self.server.shutdown()
@@ -147,8 +175,8 @@ class Runtime:
         return True
 
     async def apply(self, config: Config) -> None:
-        if self.config is not None and (config.server != self.config.server or config.demo != self.config.demo):
-            log.warning("reload: [server] and [demo] changes apply at the next restart")
+        if self.config is not None and (config.server, config.demo, config.admin) != (self.config.server, self.config.demo, self.config.admin):
+            log.warning("reload: [server], [demo] and [admin] changes apply at the next restart")
         old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
         upstreams = build_upstreams(config, old_upstreams)
         previous = {id(u) for u in old_upstreams.values()}

@@ -1,0 +1,182 @@
+"""The admin API: JSON over ferryman's own HTTP engine, on the ``[admin]`` listener.
+
+Versioned paths under ``/api/v1``; every request needs the token (``Authorization: Bearer
+TOKEN``) when one is configured. Changes are logged with the client address and the
+credential's name. With workers, worker 0 serves the admin listener; a config it applies is
+written to the config file and reloaded by every process (SIGHUP to the master).
+
+    GET  /api/v1/config            the running config and its generation
+    POST /api/v1/config/validate   a TOML body: every error with its TOML path
+    POST /api/v1/config/apply      validate, write the file (keeping the previous one), reload
+    POST /api/v1/config/rollback   put the previous file back, reload
+    GET  /api/v1/upstreams         backends with health and connections in use
+    GET  /metrics                  Prometheus exposition (when metrics are on)
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ..config.load import load_text
+from ..errors import ConfigError
+from ..http.hooks import ProxyHttp
+from ..http.session import Session
+
+log = logging.getLogger(__name__)
+
+MAX_CONFIG = 1 << 20  # bytes of TOML a client may send
+
+
+class AdminApi(ProxyHttp):
+    """Answers every request itself (``request_filter``); never proxies."""
+
+    def __init__(
+        self,
+        runtime: Any,  # gateway.runtime.Runtime: config, generation, upstreams
+        path: str | Path | None,
+        *,
+        token: str | None = None,
+        reload: Callable[[], Awaitable[bool]],
+        metrics: Callable[[], str] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.path = Path(path) if path is not None else None
+        self.token = token
+        self.reload = reload
+        self.metrics = metrics
+        self.routes: dict[tuple[bytes, bytes], Callable[[Session], Awaitable[None]]] = {
+            (b"GET", b"/api/v1/config"): self._config,
+            (b"POST", b"/api/v1/config/validate"): self._validate,
+            (b"POST", b"/api/v1/config/apply"): self._apply,
+            (b"POST", b"/api/v1/config/rollback"): self._rollback,
+            (b"GET", b"/api/v1/upstreams"): self._upstreams,
+            (b"GET", b"/metrics"): self._metrics,
+        }
+
+    async def request_filter(self, session: Session) -> bool:
+        if not self._authorized(session):
+            _json(session, 401, {"error": "a valid token is required (Authorization: Bearer TOKEN)"}, [(b"www-authenticate", b'Bearer realm="ferryman admin"')])
+            return True
+        path = session.request.target.split(b"?", 1)[0]
+        handler = self.routes.get((session.request.method, path))
+        if handler is None:
+            known = any(p == path for _, p in self.routes)
+            _json(session, 405 if known else 404, {"error": f"{'method not allowed' if known else 'no such endpoint'}: {session.method_str} {session.target_str}"})
+            return True
+        await handler(session)
+        return True
+
+    def upstream_peer(self, session: Session) -> Any:  # never reached: every request is answered
+        raise RuntimeError("the admin API does not proxy")
+
+    def _authorized(self, session: Session) -> bool:
+        if self.token is None:
+            return True
+        given = session.header(b"authorization") or b""
+        return given.startswith(b"Bearer ") and hmac.compare_digest(given[7:].strip(), self.token.encode())
+
+    # endpoints -------------------------------------------------------------------------------
+    async def _config(self, session: Session) -> None:
+        config = self.runtime.config
+        _json(session, 200, {
+            "generation": self.runtime.generation,
+            "path": str(self.path) if self.path else None,
+            "config": config.model_dump(mode="json") if config is not None else None,
+        })
+
+    async def _validate(self, session: Session) -> None:
+        text = await self._body_text(session)
+        if text is None:
+            return
+        errors = _errors(text)
+        _json(session, 200, {"valid": not errors, "errors": errors})
+
+    async def _apply(self, session: Session) -> None:
+        text = await self._body_text(session)
+        if text is None:
+            return
+        if self.path is None:
+            _json(session, 409, {"error": "ferryman was started without a config file: nothing to apply to"})
+            return
+        errors = _errors(text)
+        if errors:
+            _json(session, 422, {"applied": False, "errors": errors})
+            return
+        previous = self.path.read_text()
+        _write(self.path.with_name(self.path.name + ".previous"), previous)
+        _write(self.path, text)
+        log.warning("admin: %s applied a new config (%d bytes)", _who(session), len(text))
+        ok = await self.reload()
+        _json(session, 200 if ok else 500, {"applied": ok, "generation": self.runtime.generation})
+
+    async def _rollback(self, session: Session) -> None:
+        if self.path is None:
+            _json(session, 409, {"error": "ferryman was started without a config file"})
+            return
+        backup = self.path.with_name(self.path.name + ".previous")
+        if not backup.exists():
+            _json(session, 409, {"error": "no previous config to roll back to"})
+            return
+        current = self.path.read_text()
+        _write(self.path, backup.read_text())
+        _write(backup, current)  # a second rollback goes forward again
+        log.warning("admin: %s rolled the config back", _who(session))
+        ok = await self.reload()
+        _json(session, 200 if ok else 500, {"rolled_back": ok, "generation": self.runtime.generation})
+
+    async def _upstreams(self, session: Session) -> None:
+        out = {}
+        for name, upstream in self.runtime.upstreams.items():
+            out[name] = {
+                "lb": upstream.config.lb,
+                "backends": [
+                    {"address": b.key, "weight": b.weight, "healthy": b.healthy, "active": b.active}
+                    for b in upstream.balancer.backends
+                ],
+            }
+        _json(session, 200, {"upstreams": out})
+
+    async def _metrics(self, session: Session) -> None:
+        if self.metrics is None:
+            _json(session, 404, {"error": "metrics are not collected"})
+            return
+        body = self.metrics().encode()
+        session.respond(200, body, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+
+    async def _body_text(self, session: Session) -> str | None:
+        body = await session.read_body(limit=MAX_CONFIG)
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _json(session, 400, {"error": f"the body is not UTF-8 TOML: {exc}"})
+            return None
+
+
+def _errors(text: str) -> list[dict[str, str]]:
+    try:
+        load_text(text, source="request")
+    except ConfigError as exc:
+        return [{"path": path, "message": message} for path, message in exc.errors]
+    return []
+
+
+def _json(session: Session, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(payload, indent=1).encode() + b"\n"
+    session.respond(status, body, [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), *(headers or [])])
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def _who(session: Session) -> str:
+    return f"{session.client_ip or 'a local client'} (token)" if session.header(b"authorization") else session.client_ip or "a local client"
