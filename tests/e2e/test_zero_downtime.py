@@ -230,7 +230,11 @@ def test_twenty_reloads_and_a_killed_worker_under_traffic(tmp_path: Path, balanc
             processes = len(children(proc.pid))
             victim = min(children(proc.pid))  # a worker, or with least_conn maybe the balancer
             os.kill(victim, signal.SIGKILL)
-            wait_until(lambda: gone(victim) and len(children(proc.pid)) == processes, 10, "a replacement process")
+            try:
+                wait_until(lambda: gone(victim) and len(children(proc.pid)) == processes, 20, "a replacement process")
+            except AssertionError as exc:  # say what the process tree and the log looked like
+                raise AssertionError(f"{exc}; before: {processes} children, now {sorted(children(proc.pid))}, victim {victim} "
+                                     f"gone={gone(victim)}; log tail:\n" + "\n".join(proc.lines[-30:])) from None
             before = dict(traffic.done)
             wait_until(lambda: all(traffic.done[k] > before[k] + 20 for k in before), 15, "traffic after the kill")
             if balance == "least_conn":  # the balancing process dies too: the master restarts it
