@@ -2,15 +2,18 @@
 before it forks.
 
 Each worker owns a slot and, about once a second, writes its registry's snapshot there
-(``marshal``: compact and fast for a dict of tuples, ints, floats and lists); whichever
-worker answers ``/metrics`` reads every slot and merges them. No locks: a worker only writes
-its own slot, and readers check a sequence number (a seqlock: odd while a write is under
-way, bumped again when it is done; a reader that sees it odd or changed tries again) and a
-CRC32 of the payload (which also covers CPUs that reorder stores).
+(``marshal``: compact and fast for a dict of tuples, ints, floats and lists). Whichever
+worker answers ``/metrics`` publishes its own snapshot first, then reads every slot and
+merges them: answering from unpublished counts would let the next scrape, answered by
+another worker, show a lower total.
 
-A slot holds two buffers written in turn, each with its own sequence number. A reader
-takes the newest complete one, so it never waits on a writer, and a worker killed in the
-middle of a write (SIGKILL) leaves its previous snapshot whole in the other buffer.
+No locks: a worker only writes its own slot. A slot holds two buffers written in turn, each
+with a sequence number (a seqlock: odd while a write is under way, bumped again when it is
+done) and a CRC32 of its payload (which also covers CPUs that reorder stores). A reader
+takes the newest even, unchanged buffer and starts over if either number moved while it
+read, so it never waits on a writer and never returns an older publication than one
+complete when it began; a worker killed in the middle of a write (SIGKILL) leaves its
+previous snapshot whole in the other buffer.
 
 Counts survive a worker restart: the process that takes a slot over reads the last
 snapshot its predecessor published and adds its counters and histograms (not its gauges:
@@ -36,7 +39,6 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .metrics import SPECS, Registry, Snapshot, merge, render
@@ -237,7 +239,8 @@ class BoardWriter:
 
 class MetricsPublisher:
     """Background service of a worker: publish its registry every ``interval`` seconds, and
-    answer ``/metrics`` for the whole process tree (:meth:`exposition`).
+    answer ``/metrics`` for the whole process tree (:meth:`exposition`). Create it in the
+    worker (after the fork): it takes the worker's slot over.
 
     Without a board (one process) it publishes nothing and :meth:`exposition` renders the
     registry alone. ``stop()`` publishes a last time, so a graceful restart loses nothing.
@@ -287,29 +290,26 @@ class MetricsPublisher:
             log.exception("publishing metrics failed")
 
     def collect(self) -> Snapshot:
-        """The merged snapshot of every worker; this worker's part is taken live."""
+        """The merged snapshot of every worker. This worker publishes first, so what it
+        answers is on the board: a later scrape answered by another worker (or by this
+        worker's successor) never shows a lower total."""
         if self.board is None or self.writer is None:
             return merge([self.registry.snapshot()])
-        return collect(self.board, live={self.index: self.writer.compose(self.registry.snapshot())})
+        self.publish()
+        return collect(self.board)
 
     def exposition(self) -> str:
         """The ``/metrics`` body (content type :data:`~ferryman.observability.metrics.CONTENT_TYPE`)."""
         return render(self.collect())
 
 
-def collect(board: Board, live: Mapping[int, Snapshot] | None = None, now: float | None = None) -> Snapshot:
-    """Merge every slot (``live`` replaces the slots of the calling process with fresher
-    snapshots) and add the board's own facts per worker: starts, age, size, truncation.
-    Gauges of a slot whose process is gone are left out."""
+def collect(board: Board, now: float | None = None) -> Snapshot:
+    """Merge every slot and add the board's own facts per worker: starts, age, size,
+    truncation. Gauges of a slot whose process is gone are left out."""
     now = time.monotonic() if now is None else now
     reads = board.read_slots()
-    snapshots: list[Snapshot | None] = []
-    dead: set[int] = set()
-    for index, read in enumerate(reads):
-        snapshots.append(live[index] if live and index in live else (read.snapshot if read is not None else None))
-        if read is not None and not (live and index in live) and not _alive(read.pid):
-            dead.add(index)
-    out = merge(snapshots, skip_gauges=dead)
+    dead = {index for index, read in enumerate(reads) if read is not None and not _alive(read.pid)}
+    out = merge([read.snapshot if read is not None else None for read in reads], skip_gauges=dead)
     for index, read in enumerate(reads):
         if read is None:
             continue
