@@ -56,6 +56,11 @@ class Filter:
         chunk) when a ``response_filter`` asked for it; returns the bytes to send."""
         return chunk
 
+    def bind_metrics(self, registry: Any) -> None:
+        """Called once after construction with the process's metrics registry
+        (:class:`ferryman.observability.metrics.Registry`): keep the cells you count in.
+        Default: nothing."""
+
     def close(self) -> None:
         """Called when a reload retires this filter instance. Default: nothing."""
 

@@ -17,6 +17,7 @@ from ..net.addr import Address
 from ..net.balance import ConnectionDispatcher
 from ..net.listener import bind_socket
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
+from ..observability.board import Board
 from ..runtime import process
 from ..server import Server, install_uvloop
 from ..server.upgrade import notify_ready, take_listeners, upgrade
@@ -61,6 +62,8 @@ class Gateway:
         # rate limits counted across workers (created here, in the master, before the fork)
         self.rate_board = RateBoard(config.server.workers) if config.server.workers > 1 else None
         self.health_board = HealthBoard() if config.server.workers > 1 else None
+        # every worker's metrics, for the worker that answers /metrics (mapped before the fork)
+        self.metrics_board = Board.create(config.server.workers) if config.server.workers > 1 else None
         self.demo_sock: socket.socket | None = None
         self.admin_sock: socket.socket | None = None
 

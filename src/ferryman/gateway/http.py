@@ -23,6 +23,7 @@ from ..net.addr import parse_address
 from ..net.connect import Connector, Peer
 from ..net.tls import CertStore
 from ..observability.accesslog import AccessLog
+from ..observability.metrics import Registry, RequestMetrics
 from ..routing import PathRewrite, RouteSpec, RouteTable, normalize_host, split_target
 from ..runtime.upstreams import Candidates, Upstream
 from ..upstream.backend import Backend
@@ -34,12 +35,15 @@ class Route:
 
     __slots__ = (
         "name", "upstream", "hash_key", "rewrite", "read_timeout", "max_body", "access_log", "retry", "counts",
-        "request_filters", "upstream_request_filters", "response_filters", "body_filters",
+        "request_filters", "upstream_request_filters", "response_filters", "body_filters", "metrics",
     )
 
     def __init__(self, name: str, upstream: Upstream | None, filters: list[Filter], *, rewrite: PathRewrite | None = None,
-                 read_timeout: float | None = None, max_body: int | None = None, access_log: bool = True) -> None:
+                 read_timeout: float | None = None, max_body: int | None = None, access_log: bool = True,
+                 metrics: RequestMetrics | None = None) -> None:
         self.name = name
+        # (listener, route, upstream) counters: one observe() per request, from the logging hook
+        self.metrics = metrics if metrics is not None else RequestMetrics("", name, upstream.name if upstream is not None else "")
         self.upstream = upstream
         self.hash_key = key_function(upstream.config.hash_key) if upstream is not None and upstream.config.lb == "consistent_hash" else None
         self.rewrite = rewrite
@@ -95,10 +99,12 @@ class GatewayHttp(ProxyHttp):
 
     max_tries = 100  # each upstream's own max_tries bounds its candidates
 
-    def __init__(self, router: Router, *, access_log: AccessLog | None = None, connect_ports: frozenset[int] | None = None) -> None:
+    def __init__(self, router: Router, *, access_log: AccessLog | None = None, connect_ports: frozenset[int] | None = None,
+                 metrics: RequestMetrics | None = None) -> None:
         self.router = router
         self.access_log = access_log
         self.connect_ports = connect_ports  # forward proxy: CONNECT allowed to these ports
+        self.metrics = metrics if metrics is not None else RequestMetrics("", "", "")  # requests no route took (404, CONNECT)
 
     def request_filter(self, session: Session) -> bool:
         if session.request.method == b"CONNECT":
@@ -218,8 +224,12 @@ class GatewayHttp(ProxyHttp):
 
     def logging(self, session: Session, error: ProxyError | None) -> None:
         ctx = session.ctx
-        if ctx is not None and ctx.counted is not None:
-            _uncount(ctx)
+        if ctx is None:
+            self.metrics.observe(session, error)
+        else:
+            if ctx.counted is not None:
+                _uncount(ctx)
+            ctx.route.metrics.observe(session, error)
         if self.access_log is not None and (ctx is None or ctx.route.access_log):
             self.access_log.log(session, error)
 
@@ -266,9 +276,11 @@ def key_function(spec: str) -> Callable[[Session], str]:
 
 
 # building ------------------------------------------------------------------------------------
-def build_filters(config: Config, previous: dict[str, Filter] | None = None, previous_config: Config | None = None) -> dict[str, Filter]:
+def build_filters(config: Config, previous: dict[str, Filter] | None = None, previous_config: Config | None = None,
+                  metrics: Registry | None = None) -> dict[str, Filter]:
     """One instance per configured filter (shared by the routes naming it). On reload, a
-    filter whose table did not change is kept (with its state, e.g. rate counters)."""
+    filter whose table did not change is kept (with its state, e.g. rate counters). New
+    ones are given ``metrics`` (``Filter.bind_metrics``) to register what they count."""
     out = {}
     for name, body in config.filters.items():
         old = (previous or {}).get(name)
@@ -277,6 +289,8 @@ def build_filters(config: Config, previous: dict[str, Filter] | None = None, pre
             continue
         cls = lookup(body["kind"])
         out[name] = cls(name, cls.Config.model_validate({k: v for k, v in body.items() if k != "kind"}))
+        if metrics is not None:
+            out[name].bind_metrics(metrics)
     return out
 
 
@@ -306,9 +320,13 @@ def _header_edit_options(edits: HeaderEdits | None, side: str) -> dict[str, Any]
     return options
 
 
-def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream], filters: dict[str, Filter]) -> Router:
+def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream], filters: dict[str, Filter],
+                 listener: str = "", metrics: Registry | None = None) -> Router:
+    """``metrics``: the process's registry, asked for each route's counters (kept across
+    reloads by their labels); without it the counters are the router's own."""
+    registry = metrics if metrics is not None else Registry()
     if not cfg.routes:
-        return Router(None, Route("", upstreams[cfg.upstream], []))  # type: ignore[index]
+        return Router(None, Route("", upstreams[cfg.upstream], [], metrics=registry.request(listener, "", cfg.upstream or "")))  # type: ignore[index]
     specs = []
     for name in cfg.routes:
         rc = config.routes[name]
@@ -316,6 +334,7 @@ def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstr
         route = Route(
             name, upstreams[rc.upstream] if rc.upstream else None, _route_filters(name, rc, filters),
             rewrite=rewrite, read_timeout=rc.read_timeout, max_body=rc.max_body_size, access_log=rc.access_log,
+            metrics=registry.request(listener, name, rc.upstream or ""),
         )
         specs.append(RouteSpec(
             name, host=rc.host, path=rc.path, methods=tuple(rc.methods), headers=tuple(rc.headers.items()),
@@ -326,7 +345,7 @@ def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstr
 
 def build_http_service(
     name: str, cfg: ListenerConfig, router: Router, sock: socket.socket, connector: Connector, upstreams: dict[str, Upstream],
-    access_log: AccessLog | None = None, channel: socket.socket | None = None, tls: CertStore | None = None,
+    access_log: AccessLog | None = None, channel: socket.socket | None = None, tls: CertStore | None = None, metrics: Registry | None = None,
 ) -> HttpProxyService:
     used = [u.config for u in upstreams.values()] or [None]
     # each backend's peer carries its own upstream's pool size and idle timeout; these are
@@ -334,7 +353,8 @@ def build_http_service(
     pool_size = max((c.pool_size for c in used if c is not None), default=128)
     idle = min((c.pool_idle_timeout for c in used if c is not None), default=60.0)
     read_timeout = max((c.read_timeout for c in used if c is not None), default=60.0)
-    app = GatewayHttp(router, access_log=access_log, connect_ports=frozenset(cfg.connect_ports) if cfg.forward_proxy else None)
+    app = GatewayHttp(router, access_log=access_log, connect_ports=frozenset(cfg.connect_ports) if cfg.forward_proxy else None,
+                      metrics=metrics.request(name, "", "") if metrics is not None else None)
     return HttpProxyService(
         name,
         sock,

@@ -14,26 +14,30 @@ from ..l4.udp import UdpProxyService
 from ..net.connect import Connector, Peer
 from ..net.listener import bind_socket
 from ..net.pump import PipePool
+from ..observability.metrics import L4Metrics, Registry
 from ..runtime.upstreams import Upstream
 from ..upstream.backend import Backend
 from .http import counts_connections
 
 
 class _Pick:
-    """Per-connection ctx: the backend chosen and whether its connection count was raised."""
+    """Per-connection ctx: the backend chosen, whether its connection count was raised, and
+    the counters of its upstream."""
 
-    __slots__ = ("backend", "counted")
+    __slots__ = ("backend", "counted", "metrics")
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, metrics: L4Metrics) -> None:
         self.backend = backend
         self.counted = False
+        self.metrics = metrics
 
 
 class GatewayL4(ProxyL4):
     """Pick backends from one upstream (see :class:`CountingGatewayL4` for least_conn / p2c)."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, metrics: L4Metrics | None = None) -> None:
         self.upstream = upstream
+        self.metrics = metrics if metrics is not None else L4Metrics("", upstream.name)
         self.max_tries = upstream.config.max_tries
 
     async def upstream_peer(self, session: L4Session) -> Peer:
@@ -41,12 +45,20 @@ class GatewayL4(ProxyL4):
         if session.candidates is None:
             session.candidates = upstream.candidates(session.client_ip if upstream.config.lb == "consistent_hash" else "")
         backend = upstream.next_backend(session.candidates, session.last_error)
-        session.ctx = _Pick(backend)
+        session.ctx = _Pick(backend, self.metrics_for(upstream))
         return upstream.peer_for(backend)
 
     def upstream_for(self, session: L4Session) -> Upstream:
         """The upstream of this connection (one per listener here; by SNI in the subclass)."""
         return self.upstream
+
+    def metrics_for(self, upstream: Upstream) -> L4Metrics:
+        """The counters of connections to ``upstream`` (one upstream here)."""
+        return self.metrics
+
+    async def logging(self, session: L4Session, error: ProxyError | None) -> None:
+        pick: _Pick | None = session.ctx
+        (pick.metrics if pick is not None else self.metrics).observe(session, error)
 
     def fail_to_connect(self, session: L4Session, peer: Peer, error: ProxyError) -> ProxyError:
         backend = session.ctx.backend
@@ -72,6 +84,7 @@ class CountingGatewayL4(GatewayL4):
         if pick is not None and pick.counted:
             pick.backend.active -= 1
             pick.counted = False
+        (pick.metrics if pick is not None else self.metrics).observe(session, error)
 
 
 
@@ -80,8 +93,11 @@ class SniGatewayL4(GatewayL4):
     """Route TLS connections by the ClientHello's server name, without terminating them:
     exact names first, then ``*.example.com`` (one label), else the listener's upstream."""
 
-    def __init__(self, upstream: Upstream, routes: dict[str, Upstream]) -> None:
-        super().__init__(upstream)
+    def __init__(self, upstream: Upstream, routes: dict[str, Upstream], metrics: Registry | None = None, listener: str = "") -> None:
+        registry = metrics if metrics is not None else Registry()
+        super().__init__(upstream, registry.l4(listener, upstream.name))
+        self.counters = {id(u): registry.l4(listener, u.name) for u in routes.values()}
+        self.counters[id(upstream)] = self.metrics
         self.exact = {name.lower(): u for name, u in routes.items() if not name.startswith("*.")}
         self.wildcard = {name[1:].lower(): u for name, u in routes.items() if name.startswith("*.")}  # ".example.com"
         self.max_tries = max([upstream.config.max_tries, *(u.config.max_tries for u in routes.values())])
@@ -99,19 +115,23 @@ class SniGatewayL4(GatewayL4):
                     return found
         return self.upstream
 
+    def metrics_for(self, upstream: Upstream) -> L4Metrics:
+        return self.counters[id(upstream)]
+
 
 def build_listener_service(
     name: str, cfg: ListenerConfig, upstream: Upstream, *, pipes: PipePool, connector: Connector, sock: socket.socket | None = None,
-    channel: socket.socket | None = None, sni_routes: dict[str, Upstream] | None = None,
+    channel: socket.socket | None = None, sni_routes: dict[str, Upstream] | None = None, metrics: Registry | None = None,
 ) -> Any:
     """Bind (unless given a socket) and wrap one tcp/udp listener in its service."""
     udp = cfg.protocol == "udp"
     if sock is None:
         sock = bind_socket(cfg.addr, udp=udp, backlog=cfg.backlog, reuse_port=cfg.reuse_port)
     if sni_routes:
-        app: GatewayL4 = SniGatewayL4(upstream, sni_routes)
+        app: GatewayL4 = SniGatewayL4(upstream, sni_routes, metrics, name)
     else:
-        app = CountingGatewayL4(upstream) if counts_connections(upstream.balancer) else GatewayL4(upstream)
+        counters = metrics.l4(name, upstream.name) if metrics is not None else L4Metrics(name, upstream.name)
+        app = CountingGatewayL4(upstream, counters) if counts_connections(upstream.balancer) else GatewayL4(upstream, counters)
     if udp:
         return UdpProxyService(name, sock, app, idle_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions)
     return TcpProxyService(

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..admin.api import AdminApi
@@ -21,6 +22,8 @@ from ..net.connect import Connector
 from ..net.listener import bind_socket
 from ..net.pump import PipePool
 from ..observability.accesslog import AccessLog
+from ..observability.board import MetricsPublisher
+from ..observability.metrics import Registry
 from ..runtime import process
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server
@@ -62,6 +65,10 @@ class Runtime:
         self.gateway, self.server, self.worker = gateway, server, worker
         # with workers, worker 0 alone runs the active checks; the others follow its board
         self.checks_health = gateway.health_board is None or worker == 0
+        self.registry = Registry()  # this process's metrics
+        # with workers this takes the worker's slot of the board over (carrying a dead predecessor's counts)
+        self.metrics = MetricsPublisher(gateway.metrics_board, worker, self.registry)
+        self.metrics_text = self.metrics.exposition  # GET /metrics on the admin listener
         self.config: Config | None = None
         self.upstreams: dict[str, Upstream] = {}
         self.filters: dict[str, Filter] = {}
@@ -73,7 +80,7 @@ class Runtime:
         """The first generation: services are added to the server before it starts."""
         self.config = config
         self.upstreams = build_upstreams(config)
-        self.filters = build_filters(config)
+        self.filters = build_filters(config, metrics=self.registry)
         resolvers = [u.resolver for u in self.upstreams.values() if u.resolver is not None]
         if resolvers:
             # ahead of the listeners (Server.serve awaits each service's start() in order): they
@@ -94,6 +101,8 @@ class Runtime:
                 self.server.add_background(upstream.resolver)
         if self.gateway.health_board is not None:
             self.server.add_background(HealthSync(self.gateway.health_board, lambda: self.upstreams, leader=self.worker == 0))
+        self.registry.collect("runtime", self.gauges)
+        self.server.add_background(self.metrics)
         self._serve_admin(config)
         self.generation = 1
 
@@ -116,8 +125,6 @@ class Runtime:
         api = AdminApi(self, self.gateway.path, token=config.admin.token, reload=reload, metrics=self.metrics_text)
         self.server.add_service(HttpProxyService("admin", sock, api, forwarded_headers=False, header_timeout=30.0))
 
-    metrics_text: Any = None  # a callable rendering /metrics, when metrics are collected
-
     def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
         config = self.config
         assert config is not None
@@ -125,15 +132,15 @@ class Runtime:
             sni_routes = {pattern: self.upstreams[u] for pattern, u in cfg.sni_upstreams.items()}
             service = build_listener_service(
                 name, cfg, self.upstreams[cfg.upstream], pipes=self.pipes, connector=self.connector, sock=sock, channel=channel,  # type: ignore[index]
-                sni_routes=sni_routes,
+                sni_routes=sni_routes, metrics=self.registry,
             )
             return Listener(cfg, service, None)
         access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
         if access_log is not None:
             self.server.add_background(AccessLogService(access_log))
-        router = build_router(config, cfg, self.upstreams, self.filters)
+        router = build_router(config, cfg, self.upstreams, self.filters, listener=name, metrics=self.registry)
         service = build_http_service(
-            name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel, cert_store(config, cfg)
+            name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel, cert_store(config, cfg), metrics=self.registry
         )
         return Listener(cfg, service, access_log)
 
@@ -158,6 +165,30 @@ class Runtime:
 
     async def reload(self) -> bool:
         """Re-read the config file and apply it; a bad one is refused and the old one serves on."""
+        ok = await self._reload()
+        self.registry.reloaded(ok)
+        return ok
+
+    def gauges(self) -> Iterator[tuple[str, tuple[str, ...], int]]:
+        """The metrics collector of this process's gauges (called at each snapshot)."""
+        for name, listener in self.listeners.items():
+            service = listener.service
+            if hasattr(service, "relay"):  # udp: live sessions (no relay before the service starts)
+                yield ("ferryman_connections_active", (name,), len(service.relay.sessions) if service.relay is not None else 0)
+                continue
+            yield ("ferryman_connections_active", (name,), len(service.connections))
+            exchanges = getattr(service, "exchanges", None)  # http
+            if exchanges is not None:
+                yield ("ferryman_http_requests_in_flight", (name,), len(exchanges))
+                yield ("ferryman_upstream_pool_idle_connections", (name,), service.pool_idle)
+        for name, upstream in self.upstreams.items():
+            if upstream.members:
+                continue  # a nested upstream's backends are its members'
+            for backend in upstream.balancer.backends:  # type: ignore[union-attr]
+                yield ("ferryman_backend_healthy", (name, backend.key), 1 if backend.healthy else 0)
+                yield ("ferryman_backend_active_connections", (name, backend.key), backend.active)
+
+    async def _reload(self) -> bool:
         path = self.gateway.path
         if path is None:
             log.warning("reload: no config file to read (started from an in-memory config)")
@@ -186,7 +217,7 @@ class Runtime:
             self.server.add_background(resolver)
         if fresh:  # new names resolve before a router points at them (bounded by FIRST_RESOLUTION_TIMEOUT)
             await asyncio.gather(*(resolver.resolve_now() for resolver in fresh))
-        filters = build_filters(config, old_filters, self.config)
+        filters = build_filters(config, old_filters, self.config, self.registry)
         self.config, self.upstreams, self.filters = config, upstreams, filters
         listeners: dict[str, Listener] = {}
         changed, added = [], []
@@ -237,12 +268,12 @@ class Runtime:
             log.warning("reload: listener settings of least_conn listener %r apply at the next restart", cfg.addr)
         service = old.service
         if cfg.protocol == "http":
-            service.app.router = build_router(self.config, cfg, self.upstreams, self.filters)  # type: ignore[arg-type]
+            service.app.router = build_router(self.config, cfg, self.upstreams, self.filters, listener=service.name, metrics=self.registry)  # type: ignore[arg-type]
             if service.tls is not None:
                 refresh(service.tls, self.config, cfg)  # type: ignore[arg-type]
         else:
             upstream = self.upstreams[cfg.upstream]  # type: ignore[index]
-            app = (CountingGatewayL4 if counts_connections(upstream.balancer) else GatewayL4)(upstream)
+            app = (CountingGatewayL4 if counts_connections(upstream.balancer) else GatewayL4)(upstream, self.registry.l4(service.name, upstream.name))
             if type(app) is not type(service.app):
                 return False
             service.app = app

@@ -117,6 +117,11 @@ class HttpProxyService:
             self._pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
         return self._pool
 
+    @property
+    def pool_idle(self) -> int:
+        """Idle upstream connections in the pool (0 before the first one)."""
+        return self._pool.idle_count if self._pool is not None else 0
+
     def _on_tick(self, now: float) -> None:
         """Each sweep: upstream read timeouts, and idle pooled connections past their time."""
         for exchange in [e for e in self.exchanges if e.read_timeout is not None]:

@@ -34,6 +34,7 @@ from pydantic import AfterValidator, Field
 
 from ...config.model import Strict
 from ...limits.rate import Rate, parse_rate
+from ...observability.metrics import Cell, Registry
 from ...runtime import process
 from ..base import Filter
 from ..registry import register
@@ -83,6 +84,10 @@ class RateLimitFilter(Filter):
         # with workers: counts shared by every worker (a client's limit is for the whole proxy)
         self.rate = board.rate(name, window, process.CURRENT.worker, clock) if board is not None else Rate(window, clock)
         self.header = config.key[7:].encode() if config.key.startswith("header:") else None
+        self.refused = Cell()  # requests answered 429 (registered by bind_metrics)
+
+    def bind_metrics(self, registry: Registry) -> None:
+        self.refused = registry.counter("ferryman_ratelimit_rejections_total", self.name)
 
     def request_filter(self, session: Session) -> bool:
         if self.header is None:
@@ -94,6 +99,7 @@ class RateLimitFilter(Filter):
             return False
         if self.rate.admit(key, self.allowance):
             return False
+        self.refused.value += 1
         retry_after = b"%d" % max(1, math.ceil(self.rate.wait(key, self.allowance)))
         session.respond(429, REFUSAL, [(b"retry-after", retry_after), (b"cache-control", b"no-store")])
         return True
