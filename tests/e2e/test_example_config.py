@@ -28,7 +28,7 @@ def request(port: int, path: str, headers: dict[str, str] | None = None) -> tupl
 
 def test_the_example_config_serves_every_route_it_documents(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
-    ports = {old: free_port() for old in sorted(set(re.findall(r"127\.0\.0\.1:(808\d)", text)))}
+    ports = {old: free_port() for old in sorted(set(re.findall(r"127\.0\.0\.1:(808\d|9180)", text)))}
     for old, new in ports.items():
         text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
     config = tmp_path / "ferryman.toml"
@@ -64,4 +64,11 @@ def test_the_example_config_serves_every_route_it_documents(tmp_path: Path) -> N
         status, headers, body = request(http_port, "/echo", {"Accept-Encoding": "gzip", "x-pad": pad})
         assert status == 200 and headers.get("content-encoding") == "gzip"
         assert pad.encode() in gzip.decompress(body)
+
+        admin = {"Authorization": "Bearer demo-token"}
+        assert request(ports["9180"], "/metrics")[0] == 401
+        status, headers, body = request(ports["9180"], "/metrics", admin)
+        assert status == 200 and b'ferryman_http_requests_total{listener="http",route="ping",upstream="",status="2xx"} 1' in body
+        status, _, body = request(ports["9180"], "/api/v1/upstreams", admin)
+        assert status == 200 and b'"demo"' in body
         assert proc.stop(10) == 0
