@@ -409,3 +409,28 @@ async def test_requests_through_the_proxy_are_counted() -> None:
     assert samples["ferryman_http_upstream_header_seconds_count"][base] == 4
     assert samples["ferryman_http_upstream_connect_seconds_count"][base] == 1
     assert samples["ferryman_http_upstream_response_seconds_count"][base] == 4
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+    """examples/grafana-dashboard.json: every metric a panel queries is one ferryman exports
+    (histogram series by their _bucket name), so a renamed metric breaks this test."""
+    import json
+    import re
+    from pathlib import Path
+
+    from ferryman.observability.metrics import METRICS
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json").read_text())
+    known = set()
+    for spec in METRICS:
+        name = spec.name if spec.name.startswith("ferryman_") else "ferryman_" + spec.name
+        known.add(name)
+        if spec.kind == "histogram":
+            known.update({name + "_bucket", name + "_sum", name + "_count"})
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used.update(re.findall(r"ferryman_[a-z0-9_]+", target["expr"]))
+    for variable in dashboard["templating"]["list"]:
+        used.update(re.findall(r"ferryman_[a-z0-9_]+", variable.get("query", "")))
+    assert used and used <= known, sorted(used - known)
