@@ -89,7 +89,7 @@ async def test_the_admin_api_reads_validates_applies_and_rolls_back(tmp_path: Pa
 
         status, body = await call(admin, "GET", "/api/v1/upstreams")
         backends = json.loads(body)["upstreams"]["app"]["backends"]
-        assert backends == [{"address": f"127.0.0.1:{origin_port}", "weight": 1, "healthy": True, "active": 0}]
+        assert backends == [{"address": f"127.0.0.1:{origin_port}", "weight": 1, "healthy": True, "disabled": False, "active": 0}]
 
         assert (await call(admin, "GET", "/api/v1/nope"))[0] == 404
         assert (await call(admin, "DELETE", "/api/v1/config"))[0] == 405
@@ -100,3 +100,48 @@ async def test_the_admin_api_reads_validates_applies_and_rolls_back(tmp_path: Pa
         gw.close()
         origin.close()
         await origin.wait_closed()
+
+
+async def test_backends_are_disabled_and_enabled_through_the_admin_api(tmp_path: Path) -> None:
+    a, b = await start_origin("127.0.0.1", 0, "a"), await start_origin("127.0.0.1", 0, "b")
+    ports = [o.sockets[0].getsockname()[1] for o in (a, b)]
+    path = tmp_path / "ferryman.toml"
+    path.write_text(site("x", ports[0]).replace(f'backends = ["127.0.0.1:{ports[0]}"]', f'backends = ["127.0.0.1:{ports[0]}", "127.0.0.1:{ports[1]}"]'))
+    gw = Gateway(load_file(path), path)
+    gw.bind()
+    server = gw.make_server()
+    for service in server.services:
+        await service.start()
+    web = server.services[0].sock.getsockname()[1]
+    admin = gw.admin_sock.getsockname()[1]
+
+    async def origins(count: int) -> set[bytes]:
+        seen = set()
+        for _ in range(count):
+            body = (await call(web, "GET", "/"))[1]
+            seen.add(body.split(b"'")[1])  # "Hello from the ferryman demo origin 'a' (...)"
+        return seen
+
+    try:
+        assert await origins(6) == {b"a", b"b"}
+        status, body = await call(admin, "POST", f"/api/v1/upstreams/app/backends/127.0.0.1:{ports[1]}/disable")
+        assert status == 200 and json.loads(body)["disabled"] is True
+        assert await origins(6) == {b"a"}
+        status, body = await call(admin, "GET", "/api/v1/upstreams")
+        assert [x["disabled"] for x in json.loads(body)["upstreams"]["app"]["backends"]] == [False, True]
+        assert (await call(admin, "POST", f"/api/v1/upstreams/app/backends/127.0.0.1:{ports[1]}/enable"))[0] == 200
+        assert await origins(6) == {b"a", b"b"}
+        assert (await call(admin, "POST", f"/api/v1/upstreams/app/backends/127.0.0.1:{ports[0]}/drain"))[0] == 200
+        assert await origins(4) == {b"b"}
+        status, body = await call(admin, "POST", "/api/v1/upstreams/app/backends/10.9.9.9:1/disable")
+        assert status == 404 and b"has no backend" in body
+        assert (await call(admin, "POST", "/api/v1/upstreams/nope/backends/x/disable"))[0] == 404
+        assert (await call(admin, "POST", f"/api/v1/upstreams/app/backends/127.0.0.1:{ports[0]}/disable", token=None))[0] == 401
+    finally:
+        for service in server.services:
+            service.stop_accepting()
+            await service.drain(1.0)
+        gw.close()
+        for o in (a, b):
+            o.close()
+            await o.wait_closed()

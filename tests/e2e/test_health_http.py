@@ -284,7 +284,7 @@ async def test_restart_rise_needs_fresh_successes(net) -> None:
         await checker.run_once()
     assert checker.state(backend).successes == 3
 
-    backend.healthy = False  # taken out by something else (passive health)
+    backend.set_health(False)  # taken out by something else (passive health)
     assert checker.restart_rise(backend)
     assert checker.state(backend).successes == 0
     await checker.run_once()
@@ -292,7 +292,7 @@ async def test_restart_rise_needs_fresh_successes(net) -> None:
     await checker.run_once()
     assert backend.healthy
 
-    backend.healthy = False  # without the restart, the next success readmits it
+    backend.set_health(False)  # without the restart, the next success readmits it
     await checker.run_once()
     assert backend.healthy
 
@@ -306,7 +306,7 @@ async def test_replace_backends_keeps_known_state(net) -> None:
     checker = HealthChecker([kept, dropped], HealthCheckConfig(rise=2, fall=1), check=http_check())
     await checker.run_once()
     assert not kept.healthy and dropped.healthy
-    added.healthy = False
+    added.set_health(False)
 
     checker.replace_backends([kept, added])
     assert checker.backends == (kept, added)

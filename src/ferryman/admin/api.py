@@ -10,6 +10,9 @@ written to the config file and reloaded by every process (SIGHUP to the master).
     POST /api/v1/config/apply      validate, write the file (keeping the previous one), reload
     POST /api/v1/config/rollback   put the previous file back, reload
     GET  /api/v1/upstreams         backends with health and connections in use
+    POST /api/v1/upstreams/NAME/backends/ADDRESS/disable|drain|enable
+                                   take a backend out of rotation (in-flight work finishes)
+                                   or give it back to its health checks
     GET  /metrics                  Prometheus exposition (when metrics are on)
 """
 
@@ -31,6 +34,7 @@ from ..http.session import Session
 log = logging.getLogger(__name__)
 
 MAX_CONFIG = 1 << 20  # bytes of TOML a client may send
+_BACKENDS = b"/api/v1/upstreams/"
 
 
 class AdminApi(ProxyHttp):
@@ -65,6 +69,8 @@ class AdminApi(ProxyHttp):
             return True
         path = session.request.target.split(b"?", 1)[0]
         handler = self.routes.get((session.request.method, path))
+        if handler is None and path.startswith(_BACKENDS) and session.request.method == b"POST":
+            handler = self._backend_action
         if handler is None:
             known = any(p == path for _, p in self.routes)
             _json(session, 405 if known else 404, {"error": f"{'method not allowed' if known else 'no such endpoint'}: {session.method_str} {session.target_str}"})
@@ -136,11 +142,29 @@ class AdminApi(ProxyHttp):
             out[name] = {
                 "lb": upstream.config.lb,
                 "backends": [
-                    {"address": b.key, "weight": b.weight, "healthy": b.healthy, "active": b.active}
+                    {"address": b.key, "weight": b.weight, "healthy": b.healthy, "disabled": b.disabled, "active": b.active}
                     for b in upstream.balancer.backends
                 ],
             }
         _json(session, 200, {"upstreams": out})
+
+    async def _backend_action(self, session: Session) -> None:
+        parts = session.request.target.split(b"?", 1)[0][len(_BACKENDS):].decode("latin-1").split("/")
+        if len(parts) != 4 or parts[1] != "backends" or parts[3] not in ("disable", "drain", "enable"):
+            _json(session, 404, {"error": "expected /api/v1/upstreams/NAME/backends/ADDRESS/disable|drain|enable"})
+            return
+        name, _, address, action = parts
+        upstream = self.runtime.upstreams.get(name)
+        if upstream is None:
+            _json(session, 404, {"error": f"no upstream named {name!r}"})
+            return
+        backend = next((b for b in upstream.balancer.backends if b.key == address), None)
+        if backend is None:
+            _json(session, 404, {"error": f"upstream {name!r} has no backend {address!r} (known: {', '.join(b.key for b in upstream.balancer.backends)})"})
+            return
+        backend.set_disabled(action != "enable")
+        log.warning("admin: %s: %s backend %s of upstream %s", _who(session), action, address, name)
+        _json(session, 200, {"upstream": name, "address": address, "disabled": backend.disabled, "healthy": backend.healthy})
 
     async def _metrics(self, session: Session) -> None:
         if self.metrics is None:

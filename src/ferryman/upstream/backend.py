@@ -26,10 +26,25 @@ class Backend:
     active: int = 0
     key: str = field(default="")
     passive: Any = field(default=None, repr=False)  # the owning upstream's PassiveHealth, if any
+    verdict: bool = True  # health's view (active and passive checks); ``healthy`` also needs not disabled
+    disabled: bool = False  # taken out by an operator (admin API: disable / drain)
 
     def __post_init__(self) -> None:
         if not self.key:
             self.key = str(self.address)
+        if not self.healthy:  # Backend(..., healthy=False): down by its health
+            self.verdict = False
+
+    def set_health(self, up: bool) -> None:
+        """A health verdict (active check, passive ejection or readmission)."""
+        self.verdict = up
+        self.healthy = up and not self.disabled
+
+    def set_disabled(self, disabled: bool) -> None:
+        """An operator's decision: a disabled backend gets no new connections or requests
+        (those in progress finish); enabling it gives it back to its health verdict."""
+        self.disabled = disabled
+        self.healthy = self.verdict and not disabled
 
     def __repr__(self) -> str:
         return f"Backend({self.key} weight={self.weight}{'' if self.healthy else ' down'})"

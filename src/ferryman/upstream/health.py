@@ -267,7 +267,7 @@ class HealthChecker:
         self._states = {id(b): HealthState() for b in self.backends}
         self._task: asyncio.Task[None] | None = None
         for backend in self.backends:
-            backend.healthy = config.initially_healthy
+            backend.set_health(config.initially_healthy)
 
     def state(self, backend: Backend) -> HealthState:
         return self._states[id(backend)]
@@ -297,7 +297,7 @@ class HealthChecker:
                 states[key] = self._states[key]
             elif key not in states:
                 states[key] = HealthState()
-                backend.healthy = self.config.initially_healthy
+                backend.set_health(self.config.initially_healthy)
         self.backends = tuple(backends)
         self._states = states
 
@@ -351,18 +351,18 @@ class HealthChecker:
             state.successes = 0
             state.failures += 1
             state.last_error = error
-            if backend.healthy and state.failures >= config.fall:
+            if backend.verdict and state.failures >= config.fall:
                 self._transition(backend, False, f"{error} ({state.failures} consecutive failures)")
         else:
             state.failures = 0
             state.successes += 1
             # Down for any reason (our fall, passive ejection): back after ``rise`` successes
             # counted since the last failure or restart_rise().
-            if not backend.healthy and state.successes >= config.rise:
+            if not backend.verdict and state.successes >= config.rise:
                 self._transition(backend, True, f"check passed ({state.successes} consecutive successes)")
 
     def _transition(self, backend: Backend, healthy: bool, reason: str) -> None:
-        backend.healthy = healthy
+        backend.set_health(healthy)
         if healthy:
             logger.info("backend %s up: %s", backend.key, reason)
         else:

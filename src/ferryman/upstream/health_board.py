@@ -62,13 +62,23 @@ class HealthBoard:
         raise RuntimeError("health board: the writer never finished")
 
 
+DISABLED = "__disabled__"  # the board's entry for backends an operator took out: upstream → keys
+
+
 def checked_state(upstreams: Mapping[str, Any]) -> State:
-    """The active checkers' view: every checked backend of every upstream."""
-    return {
-        name: {backend.key: backend.healthy for backend in upstream.checker.backends}
+    """The active checkers' view: every checked backend of every upstream; and the
+    backends disabled through the admin API (served by the same worker)."""
+    state: dict[str, Any] = {
+        name: {backend.key: backend.verdict for backend in upstream.checker.backends}
         for name, upstream in upstreams.items()
         if upstream.checker is not None
     }
+    state[DISABLED] = {
+        name: sorted(b.key for b in upstream.balancer.backends if b.disabled)
+        for name, upstream in upstreams.items()
+        if any(b.disabled for b in upstream.balancer.backends)
+    }
+    return state
 
 
 class HealthSync:
@@ -111,6 +121,13 @@ class HealthSync:
         if seq == self._seq:
             return
         self._seq = seq
+        disabled = state.get(DISABLED, {})
+        for name, upstream in self.upstreams().items():
+            keys = set(disabled.get(name, ()))
+            for backend in upstream.balancer.backends:
+                if backend.disabled != (backend.key in keys):
+                    backend.set_disabled(backend.key in keys)
+                    log.info("backend %s %s by an operator (upstream %s)", backend.key, "disabled" if backend.disabled else "enabled", name)
         for name, upstream in self.upstreams().items():
             published = state.get(name)
             if upstream.checker is None or published is None:
@@ -118,7 +135,7 @@ class HealthSync:
             seen = self._seen.get(name, {})
             for backend in upstream.checker.backends:
                 healthy = published.get(backend.key)
-                if healthy is not None and healthy != seen.get(backend.key) and backend.healthy != healthy:
-                    backend.healthy = healthy
+                if healthy is not None and healthy != seen.get(backend.key) and backend.verdict != healthy:
+                    backend.set_health(healthy)
                     log.info("backend %s %s (upstream %s, checked by worker 0)", backend.key, "up" if healthy else "down", name)
         self._seen = state

@@ -135,7 +135,7 @@ class PassiveHealth:
 
     def failure(self, backend: Backend, reason: str) -> None:
         """A connect error, timeout or reset on ``backend``; may eject it."""
-        if self._stopped or not backend.healthy:
+        if self._stopped or not backend.verdict:
             return  # already out of service (ejected, or down per the active checker)
         entry = self._entries.get(backend)
         if entry is None:
@@ -160,7 +160,7 @@ class PassiveHealth:
 
     def _eject(self, backend: Backend, entry: _Entry, reason: str) -> None:
         count = entry.failures
-        backend.healthy = False
+        backend.set_health(False)
         entry.ejected = True
         entry.ejections += 1
         entry.failures = 0
@@ -206,7 +206,7 @@ class PassiveHealth:
             if self._stopped or self._entries.get(backend) is not entry:
                 return
             if not reason:
-                backend.healthy = True
+                backend.set_health(True)
                 entry.ejected = False
                 entry.failures = 0
                 entry.backoff = 1
@@ -232,7 +232,7 @@ class PassiveHealth:
         failures = entry.failures
         if failures and time.monotonic() - entry.first > self.fail_window:
             failures = 0
-        return PassiveState(failures, entry.ejected and not backend.healthy, entry.ejections, entry.last_reason)
+        return PassiveState(failures, entry.ejected and not backend.verdict, entry.ejections, entry.last_reason)
 
     @property
     def pending(self) -> int:
