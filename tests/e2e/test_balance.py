@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -36,15 +38,29 @@ body = "ok"
 """
 
 
-def one_request(port: int) -> int:
-    """A new connection (from a kernel-chosen port) and one request; returns the port."""
+def get(port: int) -> tuple[bytes, int]:
+    """One GET on a new connection (from a kernel-chosen port): (the whole response, that port)."""
     with socket.create_connection((LOCAL, port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := sock.recv(4096):
             data += chunk
-        assert data.startswith(b"HTTP/1.1 200"), data
-        return sock.getsockname()[1]
+        return data, sock.getsockname()[1]
+
+
+def one_request(port: int) -> int:
+    """A new connection and one request that must succeed; returns the client port."""
+    data, client_port = get(port)
+    assert data.startswith(b"HTTP/1.1 200"), data
+    return client_port
+
+
+def tcp_origin(handler: type) -> socketserver.ThreadingTCPServer:
+    """A threaded TCP origin on 127.0.0.1:0 running ``handler`` (stop: shutdown, server_close)."""
+    origin = socketserver.ThreadingTCPServer((LOCAL, 0), handler)
+    origin.daemon_threads = True
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    return origin
 
 
 def served(log: Path, count: int) -> list[tuple[int, int]]:
@@ -87,9 +103,6 @@ def test_each_balance_mode_spreads_connections_as_it_says(tmp_path: Path, balanc
 def test_source_port_affinity_connects_from_ports_of_the_workers_residue(tmp_path: Path, worker: int) -> None:
     """Only ``balance_worker`` serves the listener, so every upstream connection is its own:
     each must come from a local port p with p % 2 == worker."""
-    import socketserver
-    import threading
-
     seen: list[int] = []
 
     class Handler(socketserver.BaseRequestHandler):
@@ -97,9 +110,7 @@ def test_source_port_affinity_connects_from_ports_of_the_workers_residue(tmp_pat
             seen.append(self.client_address[1])
             self.request.sendall(b"hi")
 
-    origin = socketserver.ThreadingTCPServer((LOCAL, 0), Handler)
-    origin.daemon_threads = True
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    origin = tcp_origin(Handler)
     port = free_port()
     path = tmp_path / "ferryman.toml"
     path.write_text(f"""
@@ -134,17 +145,12 @@ source_port_affinity = true
 def test_least_conn_passes_tcp_connections_to_the_least_busy_worker(tmp_path: Path) -> None:
     """Connections held open pile up on no worker: the balancing process sends each new one
     to the worker with fewer live connections."""
-    import socketserver
-    import threading
-
     class Echo(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             while data := self.request.recv(4096):
                 self.request.sendall(data)
 
-    origin = socketserver.ThreadingTCPServer((LOCAL, 0), Echo)
-    origin.daemon_threads = True
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    origin = tcp_origin(Echo)
     port = free_port()
     path = tmp_path / "ferryman.toml"
     path.write_text(f"""
@@ -221,12 +227,7 @@ rate = "10/m"
     with running(path) as proc:
         proc.wait_ready()
         for _ in range(40):
-            with socket.create_connection((LOCAL, port), timeout=10) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := sock.recv(4096):
-                    data += chunk
-                statuses.append(int(data.split(b" ", 2)[1]))
+            statuses.append(int(get(port)[0].split(b" ", 2)[1]))
         lines = served(log, 40)
         assert proc.stop(10) == 0
     assert len({pid for pid, _ in lines}) == 2  # both workers answered
@@ -238,7 +239,6 @@ def test_one_health_checker_serves_every_worker(tmp_path: Path) -> None:
     """Worker 0 alone probes; the other worker follows its verdicts: a failing backend is taken
     out of both workers' rotation, and the check's "down" line is logged once, not per worker."""
     import http.server
-    import threading
 
     class Origin(http.server.BaseHTTPRequestHandler):
         healthy = True
@@ -288,12 +288,7 @@ health_check = {{ kind = "http", path = "/health", interval = "0.1s", timeout = 
     def names(count: int) -> set[bytes]:
         seen = set()
         for _ in range(count):
-            with socket.create_connection((LOCAL, port), timeout=10) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := sock.recv(4096):
-                    data += chunk
-                seen.add(data.rpartition(b"\r\n\r\n")[2])
+            seen.add(get(port)[0].rpartition(b"\r\n\r\n")[2])
         return seen
 
     try:
