@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from .handoff import MAX_FDS_PER_MESSAGE, HandoffError, recv_fds, send_fds
+from .listener import SocketReader
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class ConnectionDispatcher:
             sock.close()
 
 
-class BalancedAcceptor:
+class BalancedAcceptor(SocketReader):
     """Accept on a listening socket (in the process that balances) and dispatch each
     burst of connections with a :class:`ConnectionDispatcher` (attached to the same loop).
 
@@ -211,15 +212,8 @@ class BalancedAcceptor:
     def start(self) -> None:
         self._resume()
 
-    def _resume(self) -> None:
-        if not self._reading and not self._closed and not self._held:
-            self.loop.add_reader(self.sock.fileno(), self._on_readable)
-            self._reading = True
-
-    def _pause(self) -> None:
-        if self._reading:
-            self.loop.remove_reader(self.sock.fileno())
-            self._reading = False
+    def _may_read(self) -> bool:
+        return not self._held  # a held burst goes out before more is accepted
 
     def _on_readable(self) -> None:
         conns = []
@@ -287,7 +281,7 @@ class BalancedAcceptor:
         self.sock.close()
 
 
-class ConnectionReceiver:
+class ConnectionReceiver(SocketReader):
     """Worker side of ``least_conn``: receive connections from the dispatcher's channel.
 
     Drop-in for :class:`~ferryman.net.listener.Acceptor`: ``handler(sock, peer)`` gets each
@@ -319,16 +313,6 @@ class ConnectionReceiver:
     def start(self) -> None:
         self._resume()
         self._schedule_report()  # hello: a replaced worker starts from zero
-
-    def _resume(self) -> None:
-        if not self._reading and not self._closed:
-            self.loop.add_reader(self.sock.fileno(), self._on_readable)
-            self._reading = True
-
-    def _pause(self) -> None:
-        if self._reading:
-            self.loop.remove_reader(self.sock.fileno())
-            self._reading = False
 
     def _on_readable(self) -> None:
         limit = self.max_connections

@@ -69,7 +69,33 @@ def _explain(exc: OSError, address: Address) -> str:
     return exc.strerror or str(exc)
 
 
-class Acceptor:
+class SocketReader:
+    """Readiness callbacks (``_on_readable``) for one socket, switched on and off: a socket
+    that is not read leaves its work queued in the kernel (backlog, channel)."""
+
+    loop: asyncio.AbstractEventLoop
+    sock: socket.socket
+    _reading = False
+    _closed = False
+
+    def _on_readable(self) -> None:
+        raise NotImplementedError
+
+    def _may_read(self) -> bool:
+        return True
+
+    def _resume(self) -> None:
+        if not self._reading and not self._closed and self._may_read():
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+
+class Acceptor(SocketReader):
     """Accept connections on a listening socket and pass each ``(sock, peer)`` to a handler.
 
     The handler must call :meth:`release` once per accepted connection when it is closed,
@@ -94,16 +120,6 @@ class Acceptor:
 
     def start(self) -> None:
         self._resume()
-
-    def _resume(self) -> None:
-        if not self._reading and not self._closed:
-            self.loop.add_reader(self.sock.fileno(), self._on_readable)
-            self._reading = True
-
-    def _pause(self) -> None:
-        if self._reading:
-            self.loop.remove_reader(self.sock.fileno())
-            self._reading = False
 
     def _on_readable(self) -> None:
         limit = self.max_connections

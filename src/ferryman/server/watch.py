@@ -8,12 +8,12 @@ whole.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +46,17 @@ class FileWatch:
         return True
 
 
-class WatchService:
+class WatchService(Periodic):
     """Background service (single process): calls ``on_change`` when the file changed."""
+
+    name = "config-watch"
 
     def __init__(self, path: str | Path, on_change: Callable[[], None], interval: float = 1.0) -> None:
         self.watch = FileWatch(path)
         self.on_change = on_change
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="config-watch")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if self.watch.poll():
-                log.info("config file %s changed: reloading", self.watch.path)
-                self.on_change()
+    def tick(self) -> None:
+        if self.watch.poll():
+            log.info("config file %s changed: reloading", self.watch.path)
+            self.on_change()

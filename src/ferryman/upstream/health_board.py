@@ -14,14 +14,14 @@ makes it even; a reader retries while it is odd or changed under it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import mmap
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from ..server.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -81,34 +81,20 @@ def checked_state(upstreams: Mapping[str, Any]) -> State:
     return state
 
 
-class HealthSync:
+class HealthSync(Periodic):
     """Background service: the leader publishes its checkers' state; a follower applies the
     backends whose published state changed since it last looked."""
+
+    name = "health-sync"
 
     def __init__(self, board: HealthBoard, upstreams: Callable[[], Mapping[str, Any]], *, leader: bool, interval: float = 0.25) -> None:
         self.board, self.upstreams, self.leader, self.interval = board, upstreams, leader, interval
         self._published: State | None = None
         self._seq = 0
         self._seen: State = {}
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="health-sync")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.sync()
-            except Exception:  # a bad snapshot must not end health following
-                log.exception("health sync failed")
-            await asyncio.sleep(self.interval)
+    def tick(self) -> None:
+        self.sync()
 
     def sync(self) -> None:
         if self.leader:
