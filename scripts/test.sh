@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# Install ferryman with its test dependencies, then run the whole test suite.
+# Install ferryman with its test dependencies (and the system programs the tests run for
+# real: Chromium for the web UI, pebble for ACME, nghttp2's tools for HTTP/2), then run the
+# whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+need=()
+for pair in chromium:chromium chromedriver:chromium-driver pebble:pebble nghttp:nghttp2-client; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+if ((${#need[@]})); then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 exec python3 -m pytest -q "$@"
