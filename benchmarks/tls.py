@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""HTTPS and HTTP/2 benchmark: ferryman vs nginx vs haproxy terminating TLS.
+
+One command, from the repo root::
+
+    python benchmarks/tls.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
+                             [--scenarios a,b] [--write-results]
+
+An nginx origin serves ``/small`` over plain HTTP/1.1; every contender terminates TLS (one
+ECDSA P-256 certificate, made for the run; TLS 1.2/1.3 with each server's default ciphers)
+with one worker and proxies to the origin over a keep-alive pool. Scenarios:
+
+- ``tls-new-conn``: wrk with ``Connection: close``, so every request is a new TCP connection
+  and a full TLS handshake (wrk does not resume sessions): handshakes per second.
+- ``tls-keepalive``: wrk over kept-alive TLS connections: the cost of the record layer.
+- ``h2-small``: h2load ``-c10 -m10`` over TLS with ALPN ``h2`` (ten connections, ten
+  concurrent streams each): HTTP/2 small requests.
+
+Rounds are interleaved and ratios are medians of paired ratios, as in ``l7.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.dont_write_bytecode = True  # keep benchmarks/ free of __pycache__
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# imported after the sys.path tweak that makes it importable
+from common import (
+    SMALL_BODY,
+    Contender,
+    Harness,
+    ProcessGroup,
+    Scenario,
+    Service,
+    entry,
+    free_ports,
+    nginx_http_block,
+    nginx_main_block,
+    run_bounded,
+    run_wrk,
+    settle_contenders,
+    start_ferryman,
+    start_haproxy,
+    start_nginx,
+    start_origin_nginx,
+)
+from common import main as run_main
+
+CONTENDERS = ("ferryman", "nginx", "haproxy")
+TOOLS = ("nginx", "haproxy", "wrk", "h2load")
+INSTALL_HINT = "apt-get install -y nginx haproxy wrk nghttp2-client"
+CPU = {"cpu_unit": "CPU µs/req", "cpu_per": 1e6}
+SCENARIOS = {
+    "tls-new-conn": Scenario(
+        "wrk -t1 -c50 -H 'Connection: close' over TLS, GET /small: a TLS handshake per "
+        "request", "req/s", **CPU,
+    ),
+    "tls-keepalive": Scenario("wrk -t1 -c50 over kept-alive TLS, GET /small", "req/s", **CPU),
+    "h2-small": Scenario("h2load -c10 -m10 over TLS (ALPN h2), GET /small", "req/s", **CPU),
+}
+NOTES = (
+    "Targets (issue): TLS handshakes/s (tls-new-conn) ≥ 0.8x nginx; h2-small ≥ 0.4x nginx.",
+    "Every contender: one worker, one ECDSA P-256 certificate, TLS terminated, HTTP/1.1 "
+    "keep-alive pool to an nginx origin. nginx `ssl_session_cache` off and haproxy's default "
+    "cache: wrk never resumes a session, so every new connection is a full handshake.",
+)
+
+
+# --------------------------------------------------------------------------- certificate
+
+
+def make_certificate(workdir: Path) -> tuple[Path, Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1/localhost: (cert, key, cert+key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    paths = workdir / "cert.pem", workdir / "key.pem", workdir / "both.pem"
+    paths[0].write_bytes(cert_pem)
+    paths[1].write_bytes(key_pem)
+    paths[2].write_bytes(cert_pem + key_pem)
+    return paths
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def start_nginx_tls(group: ProcessGroup, workdir: Path, origin: int, cert: Path, key: Path) -> Contender:
+    (port,) = free_ports(1)
+    body = f"""
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2 backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        http2_max_concurrent_streams 128;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+    conf = nginx_main_block(workdir, "nginx") + nginx_http_block(workdir, "nginx", body)
+    return Contender("nginx", port, [start_nginx(group, workdir, "nginx", conf)])
+
+
+def start_haproxy_tls(group: ProcessGroup, workdir: Path, origin: int, both: Path) -> Contender:
+    (port,) = free_ports(1)
+    conf = f"""
+global
+    nbthread 1
+    maxconn 8000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    maxconn 8000
+
+frontend https_in
+    bind 127.0.0.1:{port} ssl crt {both} alpn h2,http/1.1
+    default_backend origin
+
+backend origin
+    server origin 127.0.0.1:{origin}
+"""
+    return Contender("haproxy", port, [start_haproxy(group, workdir, conf)])
+
+
+def start_ferryman_tls(group: ProcessGroup, workdir: Path, origin: int, cert: Path, key: Path) -> Contender:
+    (port,) = free_ports(1)
+    conf = f"""
+[server]
+workers = 1
+log_level = "warning"
+
+[listeners.https]
+addr = "127.0.0.1:{port}"
+protocol = "http"
+tls = ["bench"]
+upstream = "origin"
+
+[certificates.bench]
+cert = "{cert}"
+key = "{key}"
+
+[upstreams.origin]
+backends = ["127.0.0.1:{origin}"]
+"""
+    return Contender("ferryman", port, [start_ferryman(group, workdir, conf)])
+
+
+def verify(c: Contender) -> str | None:
+    """One HTTPS GET /small through ``c`` (certificate not verified: it is the run's own)."""
+    import socket
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", c.ports), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /small HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+    except (OSError, ssl.SSLError) as exc:
+        return f"HTTPS GET /small failed: {type(exc).__name__}: {exc}"
+    if not data.startswith(b"HTTP/1.1 200") or not data.endswith(SMALL_BODY.encode()):
+        return f"HTTPS GET /small gave {data[:200]!r}"
+    return None
+
+
+def start(group: ProcessGroup, workdir: Path, names: list[str]) -> tuple[list[Contender], list[Service]]:
+    cert, key, both = make_certificate(workdir)
+    (origin_port,) = free_ports(1)
+    origin = start_origin_nginx(group, workdir, origin_port)
+    starters = {
+        "nginx": lambda: start_nginx_tls(group, workdir, origin_port, cert, key),
+        "haproxy": lambda: start_haproxy_tls(group, workdir, origin_port, both),
+        "ferryman": lambda: start_ferryman_tls(group, workdir, origin_port, cert, key),
+    }
+    contenders = [starters[n]() for n in names]
+    settle_contenders(contenders, lambda c: [c.ports], verify)
+    return contenders, [origin]
+
+
+# --------------------------------------------------------------------------- measuring
+
+H2LOAD_DONE = re.compile(r"finished in ([\d.]+)s, ([\d.]+) req/s")
+H2LOAD_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+    r"(\d+) errored, (\d+) timeout")
+H2LOAD_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+
+
+def run_h2load(url: str, duration: int, clients: int = 10, streams: int = 10) -> dict[str, Any]:
+    """h2load for ``duration`` s; value = req/s of the requests that succeeded."""
+    argv = ["h2load", f"-c{clients}", f"-m{streams}", "-t1", f"-D{duration}", url]
+    proc = run_bounded(argv, timeout=duration + 30)
+    out = proc.stdout
+    done, reqs, codes = H2LOAD_DONE.search(out), H2LOAD_REQUESTS.search(out), H2LOAD_STATUS.search(out)
+    if proc.returncode != 0 or not done or not reqs or not codes:
+        return {"value": None, "error": f"h2load rc={proc.returncode}: {(out + proc.stderr)[-300:]}"}
+    protocol = re.search(r"Application protocol: (\S+)", out)
+    if not protocol or protocol.group(1) != "h2":
+        return {"value": None, "error": f"h2load did not negotiate h2 (ALPN: {protocol and protocol.group(1)})"}
+    seconds = float(done.group(1))
+    succeeded, failed, errored, timeout = (int(reqs.group(i)) for i in (4, 5, 6, 7))
+    non2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
+    if succeeded == 0:
+        return {"value": None, "error": f"h2load: no request succeeded: {out[-300:]}"}
+    return {
+        "value": succeeded / seconds if seconds else None,
+        "units": succeeded,
+        "seconds": seconds,
+        "socket_errors": {"failed": failed, "errored": errored, "timeout": timeout},
+        "non2xx": non2xx,
+        "error": None,
+    }
+
+
+def measure(scenario: str, c: Contender, duration: int) -> dict[str, Any]:
+    url = f"https://127.0.0.1:{c.ports}/small"
+    if scenario == "h2-small":
+        return run_h2load(url, duration)
+    return run_wrk(url, duration, 50, close=scenario == "tls-new-conn")
+
+
+HARNESS = Harness(
+    name="tls",
+    title="HTTPS and HTTP/2 benchmark",
+    heading="## HTTPS and HTTP/2",
+    reference="nginx",
+    contenders=CONTENDERS,
+    scenarios=SCENARIOS,
+    tools=TOOLS,
+    install_hint=INSTALL_HINT,
+    start=start,
+    measure=measure,
+    notes=NOTES,
+    meta={"wrk": {"threads": 1, "connections": 50}, "h2load": {"clients": 10, "streams": 10}},
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(HARNESS, argv)
+
+
+if __name__ == "__main__":
+    entry(HARNESS)
