@@ -2,10 +2,14 @@
 
 Versioned paths under ``/api/v1``; every request needs the token (``Authorization: Bearer
 TOKEN``) when one is configured. Changes are logged with the client address and the
-credential's name. With workers, worker 0 serves the admin listener; a config it applies is
-written to the config file and reloaded by every process (SIGHUP to the master).
+credential's name, and kept in the reload history. With workers, worker 0 serves the admin
+listener; a config it applies is written to the config file and reloaded by every process
+(SIGHUP to the master). The web UI (``GET /`` and ``/ui/NAME``: static files, served
+without the token) calls these endpoints.
 
+    GET  /api/v1/status            generation, version, workers, uptime
     GET  /api/v1/config            the running config and its generation
+    GET  /api/v1/config/source     the config file's text (what the UI edits)
     POST /api/v1/config/validate   a TOML body: every error with its TOML path
     POST /api/v1/config/apply      validate, write the file (keeping the previous one), reload
     POST /api/v1/config/rollback   put the previous file back, reload
@@ -13,6 +17,9 @@ written to the config file and reloaded by every process (SIGHUP to the master).
     POST /api/v1/upstreams/NAME/backends/ADDRESS/disable|drain|enable
                                    take a backend out of rotation (in-flight work finishes)
                                    or give it back to its health checks
+    GET  /api/v1/stats             request and error rates, latency per route and upstream,
+                                   open connections (see admin/stats.py)
+    GET  /api/v1/history           the last reloads, applies and rollbacks (?since=ID: newer ones)
     GET  /metrics                  Prometheus exposition (when metrics are on)
 """
 
@@ -22,14 +29,21 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+from .. import __version__
 from ..config.load import load_text
 from ..errors import ConfigError
 from ..http.hooks import ProxyHttp
 from ..http.session import Session
+from ..observability.metrics import Snapshot
+from .history import ReloadHistory
+from .static import UiFiles
+from .stats import LiveStats
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +62,40 @@ class AdminApi(ProxyHttp):
         token: str | None = None,
         reload: Callable[[], Awaitable[bool]],
         metrics: Callable[[], str] | None = None,
+        snapshot: Callable[[], Snapshot] | None = None,
+        history: ReloadHistory | None = None,
+        workers: int = 1,
     ) -> None:
         self.runtime = runtime
         self.path = Path(path) if path is not None else None
         self.token = token
         self.reload = reload
         self.metrics = metrics
+        self.history = history if history is not None else ReloadHistory()
+        self.stats = LiveStats(snapshot if snapshot is not None else dict)
+        self.workers = workers
+        self.started = time.time()
+        self.ui = UiFiles()
         self.routes: dict[tuple[bytes, bytes], Callable[[Session], Awaitable[None]]] = {
+            (b"GET", b"/api/v1/status"): self._status,
             (b"GET", b"/api/v1/config"): self._config,
+            (b"GET", b"/api/v1/config/source"): self._source,
             (b"POST", b"/api/v1/config/validate"): self._validate,
             (b"POST", b"/api/v1/config/apply"): self._apply,
             (b"POST", b"/api/v1/config/rollback"): self._rollback,
             (b"GET", b"/api/v1/upstreams"): self._upstreams,
+            (b"GET", b"/api/v1/stats"): self._stats,
+            (b"GET", b"/api/v1/history"): self._history,
             (b"GET", b"/metrics"): self._metrics,
         }
 
     async def request_filter(self, session: Session) -> bool:
+        if session.request.method in (b"GET", b"HEAD"):
+            asset = self.ui.find(session.request.target.split(b"?", 1)[0])
+            if asset is not None:  # the UI's files: no data in them, no token needed
+                fresh = self.ui.fresh(asset, session.header(b"if-none-match"))
+                session.respond(304 if fresh else 200, b"" if fresh else asset.body, list(asset.headers))
+                return True
         if not self._authorized(session):
             _json(session, 401, {"error": "a valid token is required (Authorization: Bearer TOKEN)"}, [(b"www-authenticate", b'Bearer realm="ferryman admin"')])
             return True
@@ -88,6 +120,16 @@ class AdminApi(ProxyHttp):
         return given.startswith(b"Bearer ") and hmac.compare_digest(given[7:].strip(), self.token.encode())
 
     # endpoints -------------------------------------------------------------------------------
+    async def _status(self, session: Session) -> None:
+        _json(session, 200, {
+            "version": __version__,
+            "generation": self.runtime.generation,
+            "workers": self.workers,
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "path": str(self.path) if self.path else None,
+        })
+
     async def _config(self, session: Session) -> None:
         config = self.runtime.config
         _json(session, 200, {
@@ -95,6 +137,17 @@ class AdminApi(ProxyHttp):
             "path": str(self.path) if self.path else None,
             "config": config.model_dump(mode="json") if config is not None else None,
         })
+
+    async def _source(self, session: Session) -> None:
+        if self.path is None:
+            _json(session, 409, {"error": "ferryman was started without a config file: there is no text to show"})
+            return
+        try:
+            text = self.path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            _json(session, 500, {"error": f"cannot read {self.path}: {exc}"})
+            return
+        _json(session, 200, {"path": str(self.path), "generation": self.runtime.generation, "text": text})
 
     async def _validate(self, session: Session) -> None:
         text = await self._body_text(session)
@@ -112,12 +165,15 @@ class AdminApi(ProxyHttp):
             return
         errors = _errors(text)
         if errors:
+            summary = "\n".join(f"{e['path']}: {e['message']}" if e["path"] else e["message"] for e in errors)
+            self.history.add("apply", False, self.runtime.generation, f"refused, nothing applied:\n{summary}", _who(session))
             _json(session, 422, {"applied": False, "errors": errors})
             return
         previous = self.path.read_text()
         _write(self.path.with_name(self.path.name + ".previous"), previous)
         _write(self.path, text)
         log.warning("admin: %s applied a new config (%d bytes)", _who(session), len(text))
+        self.history.expect("apply", _who(session))
         ok = await self.reload()
         _json(session, 200 if ok else 500, {"applied": ok, "generation": self.runtime.generation})
 
@@ -133,6 +189,7 @@ class AdminApi(ProxyHttp):
         _write(self.path, backup.read_text())
         _write(backup, current)  # a second rollback goes forward again
         log.warning("admin: %s rolled the config back", _who(session))
+        self.history.expect("rollback", _who(session))
         ok = await self.reload()
         _json(session, 200 if ok else 500, {"rolled_back": ok, "generation": self.runtime.generation})
 
@@ -141,6 +198,7 @@ class AdminApi(ProxyHttp):
         for name, upstream in self.runtime.upstreams.items():
             out[name] = {
                 "lb": upstream.config.lb,
+                "members": list(upstream.config.members),
                 "backends": [
                     {"address": b.key, "weight": b.weight, "healthy": b.healthy, "disabled": b.disabled, "active": b.active}
                     for b in upstream.balancer.backends
@@ -153,7 +211,7 @@ class AdminApi(ProxyHttp):
         if len(parts) != 4 or parts[1] != "backends" or parts[3] not in ("disable", "drain", "enable"):
             _json(session, 404, {"error": "expected /api/v1/upstreams/NAME/backends/ADDRESS/disable|drain|enable"})
             return
-        name, _, address, action = parts
+        name, _, address, action = (unquote(part) for part in parts)  # a client may percent-encode ":"
         upstream = self.runtime.upstreams.get(name)
         if upstream is None:
             _json(session, 404, {"error": f"no upstream named {name!r}"})
@@ -165,6 +223,21 @@ class AdminApi(ProxyHttp):
         backend.set_disabled(action != "enable")
         log.warning("admin: %s: %s backend %s of upstream %s", _who(session), action, address, name)
         _json(session, 200, {"upstream": name, "address": address, "disabled": backend.disabled, "healthy": backend.healthy})
+
+    async def _stats(self, session: Session) -> None:
+        _json(session, 200, self.stats.report())
+
+    async def _history(self, session: Session) -> None:
+        query = session.request.target.partition(b"?")[2].decode("latin-1")
+        since = 0
+        for pair in query.split("&"):
+            key, _, value = pair.partition("=")
+            if key == "since":
+                if not value.isdigit():
+                    _json(session, 400, {"error": f"since must be an entry id (a non-negative integer), got {value!r}"})
+                    return
+                since = int(value)
+        _json(session, 200, {"size": self.history.entries.maxlen, "entries": self.history.to_json(since)})
 
     async def _metrics(self, session: Session) -> None:
         if self.metrics is None:

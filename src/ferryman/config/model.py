@@ -8,6 +8,7 @@ document (references, duplicate addresses) live in :mod:`ferryman.config.validat
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +28,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _check_syslog_address(text: str) -> str:
+    from ..observability.syslog import parse_target
+
+    parse_target(text)
+    return text
+
+
+def _check_syslog_tag(text: str) -> str:
+    if not text or len(text) > 48 or not text.isascii() or not text.isprintable() or " " in text:
+        raise ValueError(f"{text!r}: expected 1 to 48 printable ASCII characters without spaces")
+    return text
+
+
+SyslogFacility = Literal[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+]
+
+
+class SyslogConfig(Strict):
+    """A syslog server for the access log or the error log."""
+
+    address: Annotated[str, AfterValidator(_check_syslog_address)] = "unix:/dev/log"  # udp:HOST:PORT | tcp:HOST:PORT | unix:/path
+    facility: SyslogFacility = "local0"
+    tag: Annotated[str, AfterValidator(_check_syslog_tag)] = "ferryman"
+    format: Literal["rfc3164", "rfc5424"] = "rfc3164"
+
+
 class ServerConfig(Strict):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     grace_period: Duration = 5.0
@@ -34,6 +63,8 @@ class ServerConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     resolvers: list[SocketAddress] = []  # DNS servers for backend names; empty: the system's (getaddrinfo)
     watch: bool = False  # reload when the config file changes (as well as on SIGHUP)
+    error_log: Literal["stderr", "syslog"] = "stderr"  # where the process's log records go
+    error_log_syslog: SyslogConfig | None = None  # error_log = "syslog": the server (default: unix:/dev/log)
 
 
 class DemoConfig(Strict):
@@ -42,12 +73,70 @@ class DemoConfig(Strict):
     addr: SocketAddress
 
 
-class CertificateConfig(Strict):
-    """A certificate a listener can serve: PEM chain (leaf first) and unencrypted PEM key."""
+_ACME_NAME = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
-    cert: str
-    key: str
+
+def _check_acme_name(text: str) -> str:
+    name = text.lower().rstrip(".")
+    if name.startswith("*."):
+        raise ValueError(f"{text!r}: a wildcard needs the dns-01 challenge; http-01 and tls-alpn-01 validate one host name")
+    if not _ACME_NAME.fullmatch(name) or name.replace(".", "").isdigit():
+        raise ValueError(f"{text!r}: expected a DNS name with a dot, such as www.example.com (letters, digits, '-')")
+    return name
+
+
+def _check_acme_directory(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{text!r}: an ACME directory is an https:// URL (RFC 8555 §6.1)")
+    return text
+
+
+def _check_email(text: str) -> str:
+    local, at, domain = text.partition("@")
+    if not at or not local or "." not in domain or any(c in text for c in " \t\r\n,<>"):
+        raise ValueError(f"{text!r}: expected an e-mail address such as ops@example.com")
+    return text
+
+
+class AcmeConfig(Strict):
+    """Obtain and renew this certificate from an ACME CA (RFC 8555), e.g. Let's Encrypt."""
+
+    names: Annotated[list[Annotated[str, AfterValidator(_check_acme_name)]], Field(min_length=1, max_length=100)]
+    directory: Annotated[str, AfterValidator(_check_acme_directory)] = "https://acme-v02.api.letsencrypt.org/directory"
+    email: Annotated[str, AfterValidator(_check_email)] | None = None  # the account's contact
+    storage: str = "/var/lib/ferryman/acme"  # account key, certificates, pending challenges (0700)
+    challenge: Literal["http-01", "tls-alpn-01"] = "http-01"
+    ca: str | None = None  # CA file trusted for the directory's HTTPS; default: the system's
+    renew_before: PositiveDuration | None = None  # default: when a third of the lifetime remains
+    check_interval: PositiveDuration = 43200.0
+    retry_interval: PositiveDuration = 3600.0  # after a failed issuance
+
+    @model_validator(mode="after")
+    def _unique(self) -> "AcmeConfig":
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("names: a name is listed twice")
+        return self
+
+
+class CertificateConfig(Strict):
+    """A certificate a listener can serve: PEM chain (leaf first) and unencrypted PEM key,
+    or ``acme``: obtained and renewed automatically."""
+
+    cert: str | None = None
+    key: str | None = None
     names: list[str] = []  # SNI names it serves ("*.example.com": one label); default: its SAN DNS names
+    acme: AcmeConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CertificateConfig":
+        if self.acme is None and (self.cert is None or self.key is None):
+            raise ValueError("give cert and key (PEM files), or acme to obtain the certificate automatically")
+        if self.acme is not None and (self.cert is not None or self.key is not None or self.names):
+            raise ValueError("with acme, leave out cert, key and names: the certificate is stored under acme.storage and serves acme.names")
+        return self
 
 
 class UpstreamTlsConfig(Strict):
@@ -171,6 +260,7 @@ class UpstreamConfig(Strict):
     resolve_interval: Duration = 30.0
     ipv4_only: bool = False
     # http upstreams
+    protocol: Literal["http1", "h2c", "h2"] = "http1"  # h2c: HTTP/2 cleartext; h2: HTTP/2 over TLS (ALPN h2)
     read_timeout: Duration = 60.0
     pool_size: int = Field(default=128, ge=0)
     pool_idle_timeout: Duration = 60.0
@@ -183,6 +273,8 @@ class UpstreamConfig(Strict):
     def _one_source(self) -> "UpstreamConfig":
         if bool(self.backends) == bool(self.members):
             raise ValueError("give either backends (addresses) or members (other upstreams), exactly one")
+        if self.protocol == "h2c" and self.tls is not False:
+            raise ValueError('protocol = "h2c" is HTTP/2 in cleartext: for HTTP/2 over TLS give protocol = "h2"')
         return self
 
     def backend_objects(self) -> list[Backend]:
@@ -303,18 +395,70 @@ class ListenerConfig(Strict):
     tls_ciphers: str | None = None  # OpenSSL list for TLS 1.2; default: ECDHE with AEAD only
     tls_session_tickets: bool = True
     tls_alpn: list[str] = ["http/1.1"]
+    # HTTP/2 from clients: h2 first in ALPN on TLS, h2c prior knowledge on plain listeners
+    # (false: HTTP/1.1 only, ALPN offers no h2)
+    http2: bool = True
     tls_client_ca: str | None = None  # mTLS: CA file for client certificates
     tls_client_verify: Literal["none", "optional", "required"] = "none"
     # tcp listeners: route TLS by the ClientHello's server name, without terminating it
     sni_upstreams: dict[str, str] = {}  # "a.example.com" or "*.example.com" → upstream name
     sni_timeout: Duration = 5.0
-    access_log: str = "off"  # "stdout", "stderr", a file path, or "off"
+    access_log: str = "off"  # "stdout", "stderr", "syslog", a file path, or "off"
     access_log_format: str | list[str] = "combined"  # combined|common|main|json, a $template, or JSON fields
+    access_log_syslog: SyslogConfig | None = None  # access_log = "syslog": the server (default: unix:/dev/log)
 
+
+
+def _check_http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r}: expected an http:// or https:// URL")
+    return text
+
+
+def _check_dsn(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not parts.username or not parts.path.rstrip("/").rpartition("/")[2].isdigit():
+        raise ValueError(f"{text!r}: expected a Sentry DSN such as https://KEY@sentry.example.com/PROJECT_ID")
+    return text
+
+
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class TracingConfig(Strict):
+    """OpenTelemetry tracing: a span per HTTP request, exported by OTLP/HTTP in batches."""
+
+    endpoint: Annotated[str, AfterValidator(_check_http_url)]  # e.g. http://127.0.0.1:4318/v1/traces
+    service_name: str = "ferryman"
+    sample_ratio: Ratio = 1.0
+    parent_based: bool = True  # a client's traceparent decides sampling (its sampled flag)
+    headers: dict[str, str] = {}  # sent with every export (e.g. an API key)
+    timeout: PositiveDuration = 10.0
+    flush_interval: PositiveDuration = 5.0
+    max_batch: int = Field(default=512, ge=1, le=65536)
+    max_queue: int = Field(default=2048, ge=1, le=1048576)
+    compression: Literal["none", "gzip"] = "none"
+
+
+class SentryConfig(Strict):
+    """Report unexpected errors (log records with an exception, and errors) to Sentry."""
+
+    dsn: Annotated[str, AfterValidator(_check_dsn)]
+    environment: str | None = None
+    release: str | None = None
+    sample_rate: Ratio = 1.0
+    event_level: Literal["warning", "error", "critical"] = "error"
 
 
 class Config(Strict):
     server: ServerConfig = ServerConfig()
+    tracing: TracingConfig | None = None
+    sentry: SentryConfig | None = None
     demo: DemoConfig | None = None
     admin: AdminConfig | None = None
     listeners: dict[str, ListenerConfig] = {}
@@ -335,8 +479,11 @@ __all__ = [
     "HeaderEdits",
     "ListenerConfig",
     "RouteConfig",
+    "SentryConfig",
     "ServerConfig",
+    "SyslogConfig",
     "TcpKeepaliveConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "UpstreamTlsConfig",
     "parse_member",

@@ -31,6 +31,32 @@ def check_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     errors += _check_member_health(upstreams)
     errors += _check_balance(listeners, data.get("server"))
     errors += _check_admin(data.get("admin"))
+    errors += _check_log_sinks(listeners, data.get("server"))
+    errors += _check_extras(data)
+    return errors
+
+
+def _check_log_sinks(listeners: dict, server: Any) -> list[tuple[str, str]]:
+    """A syslog table is only read when its log goes to syslog."""
+    errors = []
+    for name, listener in listeners.items():
+        if "access_log_syslog" in listener and listener.get("access_log") != "syslog":
+            errors.append((f"listeners.{name}.access_log_syslog", 'has no effect unless access_log = "syslog"'))
+    if isinstance(server, dict) and "error_log_syslog" in server and server.get("error_log") != "syslog":
+        errors.append(("server.error_log_syslog", 'has no effect unless error_log = "syslog"'))
+    return errors
+
+
+def _check_extras(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """[tracing] and [sentry] need optional packages: say which, and how to install them."""
+    from ..observability import sentry, tracing
+
+    errors = []
+    for table, module in (("tracing", tracing), ("sentry", sentry)):
+        if table in data:
+            problem = module.missing_extra()
+            if problem:
+                errors.append((table, problem))
     return errors
 
 

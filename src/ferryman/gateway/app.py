@@ -17,7 +17,9 @@ from ..net.addr import Address
 from ..net.balance import ConnectionDispatcher
 from ..net.listener import bind_socket
 from ..net.reuseport import attach_port_steering, bind_reuseport_group
+from ..observability import sentry
 from ..observability.board import Board
+from ..observability.syslog import install_error_log, sink_from_config
 from ..runtime import process
 from ..server import Server, install_uvloop
 from ..server.upgrade import notify_ready, take_listeners, upgrade
@@ -190,7 +192,12 @@ class Gateway:
             server.on_started.append(notify_ready)
             server.on_upgrade.append(runtime.upgrade)
         if config.server.watch and self.path is not None and config.server.workers == 1:
-            server.add_background(WatchService(self.path, server.request_reload))
+
+            def changed() -> None:  # the reload history names the file watch as the cause
+                runtime.history.expect("file watch")
+                server.request_reload()
+
+            server.add_background(WatchService(self.path, changed))
         if self.demo_sock is not None:
             if worker == 0:
                 server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
@@ -203,6 +210,11 @@ class Gateway:
 
 def serve(config: Config, path: str | Path | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads ``path``). Returns the process exit code."""
+    try:
+        setup_reporting(config)
+    except ValueError as exc:  # e.g. no syslog socket at the configured path
+        log.error("server.error_log_syslog: %s", exc)
+        return 1
     gateway = Gateway(config, path)
     gateway.bind(take_listeners())
     pid_file = Path(config.server.pid_file) if config.server.pid_file else None
@@ -214,7 +226,10 @@ def serve(config: Config, path: str | Path | None = None) -> int:
             log.info("listener %s: %s %s → %s", name, cfg.protocol, cfg.addr, target)
         if config.server.workers == 1:
             install_uvloop()
-            gateway.make_server().run()
+            try:
+                gateway.make_server().run()
+            finally:
+                sentry.flush()
             return 0
         watch = FileWatch(path) if config.server.watch and path is not None else None
         return run_workers(
@@ -241,4 +256,15 @@ def _worker(gateway: Gateway, index: int) -> None:
     """A forked worker: say which one this process is, then serve."""
     process.attach(index, gateway.config.server.workers, gateway.rate_board)
     install_uvloop()
-    gateway.make_server(index).run()
+    try:
+        gateway.make_server(index).run()
+    finally:
+        sentry.flush()  # a worker ends with os._exit: no atexit handler would send what is pending
+
+
+def setup_reporting(config: Config) -> None:
+    """Before any fork: the error log to syslog (``server.error_log``) and Sentry (``[sentry]``)."""
+    if config.server.error_log == "syslog":
+        install_error_log(sink_from_config(config.server.error_log_syslog))
+    if config.sentry is not None:
+        sentry.setup_from_config(config.sentry)

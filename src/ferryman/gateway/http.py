@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..acme.challenges import CHALLENGE_PREFIX, Http01Responder, http01_responder
 from ..config.model import Config, HeaderEdits, ListenerConfig, RouteConfig
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..filters.base import Filter, implemented
@@ -21,9 +22,10 @@ from ..http.service import HttpProxyService
 from ..http.session import Session
 from ..net.addr import parse_address
 from ..net.connect import Connector, Peer
-from ..net.tls import CertStore
+from ..net.tls import CertStore, count_handshakes
 from ..observability.accesslog import AccessLog
 from ..observability.metrics import Registry, RequestMetrics
+from ..observability.tracing import Tracer
 from ..routing import PathRewrite, RouteSpec, RouteTable, normalize_host, split_target
 from ..runtime.upstreams import Candidates, Upstream
 from ..upstream.backend import Backend
@@ -65,10 +67,11 @@ def _phase(filters: list[Filter], phase: str) -> tuple[Callable[..., Any], ...]:
 class Router:
     """A listener's routes for one config generation (or its single upstream)."""
 
-    __slots__ = ("table", "single")
+    __slots__ = ("table", "single", "acme")
 
-    def __init__(self, table: RouteTable | None, single: Route | None = None) -> None:
+    def __init__(self, table: RouteTable | None, single: Route | None = None, acme: Http01Responder | None = None) -> None:
         self.table, self.single = table, single
+        self.acme = acme  # ACME HTTP-01 answers, ahead of the routes (None: no acme certificate)
 
     def match(self, session: Session) -> Route | None:
         if self.table is None:
@@ -107,9 +110,12 @@ class GatewayHttp(ProxyHttp):
         self.metrics = metrics if metrics is not None else RequestMetrics("", "", "")  # requests no route took (404, CONNECT)
 
     def request_filter(self, session: Session) -> bool:
+        router = self.router
+        if router.acme is not None and session.request.target.startswith(CHALLENGE_PREFIX) and router.acme.respond(session):
+            return True
         if session.request.method == b"CONNECT":
             return self._connect_refused(session)
-        route = self.router.match(session)
+        route = router.match(session)
         if route is None:
             host = normalize_host(session.header(b"host") or b"").decode("latin-1")
             session.respond_error(404, f"no route matches host {host!r} path {session.request.target.decode('latin-1')!r}")
@@ -234,6 +240,33 @@ class GatewayHttp(ProxyHttp):
             self.access_log.log(session, error)
 
 
+class TracedGatewayHttp(GatewayHttp):
+    """:class:`GatewayHttp` with a span per request (``[tracing]``). Chosen at build time,
+    so without tracing the gateway runs none of this."""
+
+    def __init__(self, router: Router, *, tracer: Tracer, listener: str = "", **options: Any) -> None:
+        super().__init__(router, **options)
+        self.tracer = tracer
+        self.listener = listener
+
+    def request_filter(self, session: Session) -> bool:
+        session.vars["trace"] = self.tracer.start(session)  # str() of it: the trace id ($var_trace)
+        return super().request_filter(session)
+
+    def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+        super().upstream_request_filter(session, headers)
+        self.tracer.inject(session.vars["trace"], headers)
+
+    def logging(self, session: Session, error: ProxyError | None) -> None:
+        super().logging(session, error)
+        span = session.vars.get("trace")
+        if span is not None:
+            ctx = session.ctx
+            route = ctx.route if ctx is not None else None
+            upstream = route.upstream.name if route is not None and route.upstream is not None else ""
+            self.tracer.finish(span, session, error, self.listener, session.route, upstream)
+
+
 _CLOSED = (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET)
 
 
@@ -326,7 +359,8 @@ def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstr
     reloads by their labels); without it the counters are the router's own."""
     registry = metrics if metrics is not None else Registry()
     if not cfg.routes:
-        return Router(None, Route("", upstreams[cfg.upstream], [], metrics=registry.request(listener, "", cfg.upstream or "")))  # type: ignore[index]
+        return Router(None, Route("", upstreams[cfg.upstream], [], metrics=registry.request(listener, "", cfg.upstream or "")),  # type: ignore[index]
+                      acme=http01_responder(config))
     specs = []
     for name in cfg.routes:
         rc = config.routes[name]
@@ -340,12 +374,13 @@ def build_router(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstr
             name, host=rc.host, path=rc.path, methods=tuple(rc.methods), headers=tuple(rc.headers.items()),
             query=tuple(rc.query.items()), priority=rc.priority, target=route,
         ))
-    return Router(RouteTable(specs))
+    return Router(RouteTable(specs), acme=http01_responder(config))
 
 
 def build_http_service(
     name: str, cfg: ListenerConfig, router: Router, sock: socket.socket, connector: Connector, upstreams: dict[str, Upstream],
     access_log: AccessLog | None = None, channel: socket.socket | None = None, tls: CertStore | None = None, metrics: Registry | None = None,
+    tracer: Tracer | None = None,
 ) -> HttpProxyService:
     used = [u.config for u in upstreams.values()] or [None]
     # each backend's peer carries its own upstream's pool size and idle timeout; these are
@@ -353,8 +388,13 @@ def build_http_service(
     pool_size = max((c.pool_size for c in used if c is not None), default=128)
     idle = min((c.pool_idle_timeout for c in used if c is not None), default=60.0)
     read_timeout = max((c.read_timeout for c in used if c is not None), default=60.0)
-    app = GatewayHttp(router, access_log=access_log, connect_ports=frozenset(cfg.connect_ports) if cfg.forward_proxy else None,
-                      metrics=metrics.request(name, "", "") if metrics is not None else None)
+    options: dict[str, Any] = {
+        "access_log": access_log, "connect_ports": frozenset(cfg.connect_ports) if cfg.forward_proxy else None,
+        "metrics": metrics.request(name, "", "") if metrics is not None else None,
+    }
+    app = GatewayHttp(router, **options) if tracer is None else TracedGatewayHttp(router, tracer=tracer, listener=name, **options)
+    if tls is not None and metrics is not None:
+        count_tls_handshakes(tls, name, metrics)
     return HttpProxyService(
         name,
         sock,
@@ -376,4 +416,17 @@ def build_http_service(
         proxy_header_timeout=cfg.proxy_protocol_timeout,
         channel=channel,
         tls=tls,
+        http2=cfg.http2,
     )
+
+
+def count_tls_handshakes(tls: CertStore, listener: str, metrics: Registry) -> None:
+    """``ferryman_tls_handshakes_total`` (and the errors by reason) of a TLS listener."""
+    failed = metrics.counter("ferryman_tls_handshakes_total", listener, "error")
+
+    def error(reason: str) -> None:
+        failed.value += 1
+        metrics.counter("ferryman_tls_handshake_errors_total", listener, reason).value += 1
+
+    count_handshakes(tls.context, metrics.counter("ferryman_tls_handshakes_total", listener, "ok"), error)
+

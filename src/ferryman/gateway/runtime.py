@@ -11,7 +11,9 @@ import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..acme.service import AcmeService
 from ..admin.api import AdminApi
+from ..admin.history import ReloadHistory
 from ..config.load import load_file
 from ..config.model import Config, ListenerConfig
 from ..config.tls import cert_store, refresh
@@ -24,6 +26,8 @@ from ..net.pump import PipePool
 from ..observability.accesslog import AccessLog
 from ..observability.board import MetricsPublisher
 from ..observability.metrics import Registry
+from ..observability.syslog import error_log_sink, sink_from_config
+from ..observability.tracing import ExportService, Tracer, build_tracer
 from ..runtime import process
 from ..runtime.upstreams import Upstream, build_upstreams
 from ..server import Server
@@ -75,10 +79,18 @@ class Runtime:
         self.listeners: dict[str, Listener] = {}
         self.pipes, self.connector = PipePool(), Connector()
         self.generation = 0
+        # ACME certificates: worker 0 obtains and renews them; every process serves the new files
+        self.acme = AcmeService(leader=worker == 0, refresh=self._refresh_certificates)
+        self.history = ReloadHistory()  # shown by the admin API (the worker serving it sees every reload)
+        self.tracer: Tracer | None = None  # [tracing]: read at start (each worker its own exporter thread)
 
     def build(self, config: Config) -> None:
         """The first generation: services are added to the server before it starts."""
         self.config = config
+        self.acme.configure(config)  # before the listeners load the certificate files
+        if config.tracing is not None:
+            self.tracer = build_tracer(config.tracing)
+            self.server.add_background(ExportService(self.tracer))
         self.upstreams = build_upstreams(config)
         self.filters = build_filters(config, metrics=self.registry)
         resolvers = [u.resolver for u in self.upstreams.values() if u.resolver is not None]
@@ -102,9 +114,13 @@ class Runtime:
         if self.gateway.health_board is not None:
             self.server.add_background(HealthSync(self.gateway.health_board, lambda: self.upstreams, leader=self.worker == 0))
         self.registry.collect("runtime", self.gauges)
+        self.registry.collect("telemetry", lambda: telemetry_counts(self.listeners, self.tracer))
         self.server.add_background(self.metrics)
+        self.server.add_background(self.acme)
+        self.server.on_started.append(self.acme.ready)
         self._serve_admin(config)
         self.generation = 1
+        self.history.add("start", True, 1, f"serving {len(config.listeners)} listeners, {len(config.routes)} routes, {len(config.upstreams)} upstreams")
 
     def _serve_admin(self, config: Config) -> None:
         """The admin API, in worker 0 (the other workers close their copy of its socket)."""
@@ -122,7 +138,10 @@ class Runtime:
                 return True
             return await self.reload()
 
-        api = AdminApi(self, self.gateway.path, token=config.admin.token, reload=reload, metrics=self.metrics_text)
+        api = AdminApi(
+            self, self.gateway.path, token=config.admin.token, reload=reload, metrics=self.metrics_text,
+            snapshot=self.metrics.collect, history=self.history, workers=config.server.workers,
+        )
         self.server.add_service(HttpProxyService("admin", sock, api, forwarded_headers=False, header_timeout=30.0))
 
     def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
@@ -135,12 +154,13 @@ class Runtime:
                 sni_routes=sni_routes, metrics=self.registry,
             )
             return Listener(cfg, service, None)
-        access_log = AccessLog(cfg.access_log, cfg.access_log_format) if cfg.access_log != "off" else None
+        sink = sink_from_config(cfg.access_log_syslog) if cfg.access_log == "syslog" else None
+        access_log = AccessLog(cfg.access_log, cfg.access_log_format, sink=sink) if cfg.access_log != "off" else None
         if access_log is not None:
             self.server.add_background(AccessLogService(access_log))
         router = build_router(config, cfg, self.upstreams, self.filters, listener=name, metrics=self.registry)
         service = build_http_service(
-            name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel, cert_store(config, cfg), metrics=self.registry
+            name, cfg, router, sock, self.connector, _used_upstreams(config, cfg, self.upstreams), access_log, channel, cert_store(config, cfg), metrics=self.registry, tracer=self.tracer
         )
         return Listener(cfg, service, access_log)
 
@@ -165,8 +185,9 @@ class Runtime:
 
     async def reload(self) -> bool:
         """Re-read the config file and apply it; a bad one is refused and the old one serves on."""
-        ok = await self._reload()
+        ok, message = await self._reload()
         self.registry.reloaded(ok)
+        self.history.reloaded(ok, self.generation, message)
         return ok
 
     def gauges(self) -> Iterator[tuple[str, tuple[str, ...], int]]:
@@ -188,26 +209,29 @@ class Runtime:
                 yield ("ferryman_backend_healthy", (name, backend.key), 1 if backend.healthy else 0)
                 yield ("ferryman_backend_active_connections", (name, backend.key), backend.active)
 
-    async def _reload(self) -> bool:
+    async def _reload(self) -> tuple[bool, str]:
+        """Whether it applied, and what to say about it (every error with its TOML path)."""
         path = self.gateway.path
         if path is None:
             log.warning("reload: no config file to read (started from an in-memory config)")
-            return False
+            return False, "no config file to read (started from an in-memory config)"
         try:
             config = load_file(path)
         except ConfigError as exc:
             log.error("reload refused, still serving generation %d:\n%s", self.generation, exc.render())
-            return False
+            return False, f"refused, still serving generation {self.generation}:\n{exc.render()}"
         try:
-            await self.apply(config)
-        except Exception:
+            summary = await self.apply(config)
+        except Exception as exc:
             log.exception("reload failed while applying %s; still serving generation %d", path, self.generation)
-            return False
-        return True
+            return False, f"failed while applying, still serving generation {self.generation}: {exc!r}"
+        return True, f"{path}: {summary}"
 
-    async def apply(self, config: Config) -> None:
-        if self.config is not None and (config.server, config.demo, config.admin) != (self.config.server, self.config.demo, self.config.admin):
-            log.warning("reload: [server], [demo] and [admin] changes apply at the next restart")
+    async def apply(self, config: Config) -> str:
+        """Swap ``config`` in (see the class docstring); returns what changed, in a line."""
+        if self.config is not None and (config.server, config.demo, config.admin, config.tracing, config.sentry) != (
+                self.config.server, self.config.demo, self.config.admin, self.config.tracing, self.config.sentry):
+            log.warning("reload: [server], [demo], [admin], [tracing] and [sentry] changes apply at the next restart")
         old_upstreams, old_filters, old_listeners = self.upstreams, self.filters, self.listeners
         upstreams = build_upstreams(config, old_upstreams)
         previous = {id(u) for u in old_upstreams.values()}
@@ -219,6 +243,7 @@ class Runtime:
             await asyncio.gather(*(resolver.resolve_now() for resolver in fresh))
         filters = build_filters(config, old_filters, self.config, self.registry)
         self.config, self.upstreams, self.filters = config, upstreams, filters
+        self.acme.configure(config)
         listeners: dict[str, Listener] = {}
         changed, added = [], []
         for name, cfg in config.listeners.items():
@@ -256,8 +281,22 @@ class Runtime:
                 old_filter.close()
         self.generation += 1
         removed = [n for n in old_listeners if n not in config.listeners]
-        log.info("reload: generation %d applied (listeners added %s, changed %s, removed %s; upstreams kept %d of %d)",
-                 self.generation, added or "-", changed or "-", removed or "-", len(kept & {id(u) for u in old_upstreams.values()}), len(upstreams))
+        summary = "generation %d applied (listeners added %s, changed %s, removed %s; upstreams kept %d of %d)" % (
+            self.generation, ", ".join(added) or "-", ", ".join(changed) or "-", ", ".join(removed) or "-",
+            len(kept & {id(u) for u in old_upstreams.values()}), len(upstreams))
+        log.info("reload: %s", summary)
+        return summary
+
+    def _refresh_certificates(self) -> None:
+        """An ACME certificate file changed (issued here or by worker 0): every TLS listener
+        re-reads its certificates; established connections keep theirs."""
+        for name, listener in self.listeners.items():
+            store = getattr(listener.service, "tls", None)
+            if store is not None and self.config is not None:
+                try:
+                    refresh(store, self.config, listener.cfg)
+                except ValueError as exc:
+                    log.error("listener %s: certificates not swapped, still serving the old ones: %s", name, exc)
 
     def _swap(self, old: Listener, cfg: ListenerConfig) -> bool:
         """Point an unchanged listener at the new generation; False when it must be rebuilt."""
@@ -330,3 +369,17 @@ def balance_mode(cfg: ListenerConfig, workers: int) -> str:
     if cfg.protocol == "udp" and cfg.balance == "shared":
         return "kernel"
     return cfg.balance
+
+
+def telemetry_counts(listeners: dict[str, Listener], tracer: Tracer | None) -> Iterator[tuple[str, tuple[str, ...], int]]:
+    """Metrics collector: log lines lost (access logs, the syslog error log) and trace spans."""
+    for name, listener in listeners.items():
+        if listener.access_log is not None:
+            yield ("ferryman_log_lines_dropped_total", ("access", name), listener.access_log.lost)
+    sink = error_log_sink()
+    if sink is not None:
+        yield ("ferryman_log_lines_dropped_total", ("error", ""), sink.dropped)
+    if tracer is not None and tracer.exporter is not None:
+        yield ("ferryman_trace_spans_total", ("exported",), tracer.exporter.exported)
+        yield ("ferryman_trace_spans_total", ("dropped",), tracer.exporter.dropped)
+

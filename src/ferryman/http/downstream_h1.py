@@ -15,7 +15,7 @@ from ..net.reactor import reactor_for
 from ..net.sweep import INF
 from ..protocol import proxy_protocol
 from ..net.sendfile import send_file
-from ..protocol.h1.events import Data, EndOfMessage, H1Error, RequestHead
+from ..protocol.h1.events import Data, EndOfMessage, H1Error, RequestHead, Trailers
 from ..protocol.h1.parser import RequestParser
 from ..protocol.h1.serializer import REASONS, response_head
 from .exchange import Exchange
@@ -68,6 +68,28 @@ class DownstreamH1(asyncio.Protocol):
             self._arm_timer(self.service.proxy_header_timeout)
         else:
             self._arm_timer(self.service.header_timeout)
+        if self.service.h2_alpn:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._switch_to_h2(b"")
+
+    def _switch_to_h2(self, data: bytes) -> bool:
+        """Hand the connection to an HTTP/2 protocol (ALPN chose h2, or ``data`` begins with
+        the connection preface); False when ``data`` is not a preface after all."""
+        from ..protocol.h2 import PREFACE
+        from .downstream_h2 import DownstreamH2
+
+        if data and not (data.startswith(PREFACE) if len(data) >= len(PREFACE) else PREFACE.startswith(data)):
+            return False
+        transport = self.transport
+        assert transport is not None
+        self.service.connections.discard(self)
+        self.detached = True  # this protocol no longer owns the connection
+        self._cancel_timer()
+        h2 = DownstreamH2(self.service, transport, self.peer, self.local, self.proxy_header)
+        transport.set_protocol(h2)
+        h2.start(data)
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._proxy_buf is not None:
@@ -79,6 +101,8 @@ class DownstreamH1(asyncio.Protocol):
             exchange.on_downstream_tunnel_data(data)  # type: ignore[union-attr]
             return
         if exchange is None and not self._head_started:
+            if self.requests == 0 and data[:3] == b"PRI" and self.service.h2c and self._switch_to_h2(data):
+                return  # the HTTP/2 connection preface (prior knowledge): an h2c connection
             self._head_started = True  # slowloris guard: the whole head within header_timeout
             self._arm_timer(self.service.header_timeout)
         try:
@@ -109,6 +133,8 @@ class DownstreamH1(asyncio.Protocol):
                 exchange.on_request_body(event.data)
             elif kind is EndOfMessage:
                 exchange.on_request_end()
+            elif kind is Trailers:
+                exchange.on_request_trailers(event.headers)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Strip the PROXY header the listener requires; returns the bytes after it."""

@@ -4,6 +4,13 @@ The phases (hooks, peer choice, connect or pool hit, sending the head, waiting f
 response head) run in one task per request. Bodies do not: request body chunks go from
 the downstream protocol straight to the upstream transport, response body chunks from
 the upstream protocol straight to the downstream transport, with pause/resume both ways.
+
+The upstream is an :class:`UpstreamH1` connection or an HTTP/2 stream
+(:class:`~.upstream_h2.UpstreamH2Stream`, ``upstream.h2``): both take ``send_head`` /
+``write`` / ``end_request`` and push ``on_upstream_*`` callbacks here; "pausing" an h2
+stream's reading withholds its flow-control credit. This class answers an HTTP/1.1 client;
+:class:`~.downstream_h2.H2Exchange` overrides the few methods that write the response, for
+an HTTP/2 client.
 """
 
 from __future__ import annotations
@@ -52,11 +59,14 @@ class Exchange:
         self.failed = False  # a per-chunk hook raised: drop further body bytes
         self.pump: SplicePump | None = None  # the tunnel's splice pump, once both sockets moved to it
         self._tunnel_eofs: set[str] = set()
+        self._tunnel_idle: asyncio.TimerHandle | None = None  # callback tunnel's idle timer
         # request body (downstream → upstream)
         kind = session.request.body.kind
         self.request_done = kind is BodyKind.NONE
         self.filter_request_body = self.service.has["request_body_filter"] and not self.request_done
-        self.request_chunked = kind is BodyKind.CHUNKED or self.filter_request_body
+        self.body_chunked = kind is BodyKind.CHUNKED or self.filter_request_body  # an HTTP/1.1 upstream gets it chunked
+        self.request_chunked = self.body_chunked  # this attempt frames the body in chunks (not to an h2 upstream)
+        self.req_trailers: list[tuple[bytes, bytes]] | None = None
         self.req_buffer: list[bytes] = []
         self.req_buffered = 0
         self.req_streaming = False
@@ -178,6 +188,12 @@ class Exchange:
         # a connection that began with a PROXY header speaks for one client only (HAProxy
         # makes such connections private too): its pool key includes that client
         key = peer.pool_key if not peer.proxy_protocol else (peer.pool_key, s.client_addr)
+        if peer.protocol != "http1":
+            from .upstream_h2 import acquire_stream
+
+            self.upstream, self.reused = await acquire_stream(self, peer, key)  # type: ignore[assignment]
+            await self._connected(peer)
+            return
         conn = svc.pool.get(key)
         self.reused = conn is not None
         if conn is None:
@@ -261,7 +277,10 @@ class Exchange:
             if svc.awaits["upstream_request_filter"]:
                 await result
         upstream.begin(self, s.upstream_method)
-        upstream.write(request_head(s.upstream_method, s.upstream_target, headers))
+        if upstream.h2:
+            upstream.send_head(s.upstream_method, s.upstream_target, headers, self.request_done and not self.req_buffer)
+        else:
+            upstream.write(request_head(s.upstream_method, s.upstream_target, headers))
         self._flush_request_body()
         self._arm_read_timer()
         head = await self.head_future
@@ -275,9 +294,16 @@ class Exchange:
         if request.upgrade is not None:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", request.upgrade))
+        if self.filter_request_body:
+            _drop(headers, b"content-length")
+        if self.upstream.h2:  # type: ignore[union-attr]
+            self.request_chunked = False  # DATA frames carry the body
+            te = request.get(b"te")
+            if te is not None and b"trailers" in te.lower():
+                headers.append((b"te", b"trailers"))  # the client takes trailers (gRPC servers insist on it)
+        else:
+            self.request_chunked = self.body_chunked
         if self.request_chunked:
-            if self.filter_request_body:
-                _drop(headers, b"content-length")
             headers.append(_CHUNKED)
         if self.service.forwarded:
             add_forwarded(headers, s, self.service.forwarded)
@@ -306,6 +332,10 @@ class Exchange:
         if self.req_buffered > BODY_BUFFER_LIMIT and self.body_waiter is None:
             self.downstream.pause_reading_for(self)
 
+    def on_request_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Downstream protocol callback: the request body's trailers (chunked or h2)."""
+        self.req_trailers = trailers
+
     def on_request_end(self) -> None:
         if self.filter_request_body and not self.failed:
             tail = self._filter_request_body(b"", True)
@@ -316,8 +346,17 @@ class Exchange:
         self.request_done = True
         if self.body_waiter is not None and not self.body_waiter.done():
             self.body_waiter.set_result(None)
-        if self.req_streaming and self.request_chunked:
-            self.upstream.write(last_chunk())  # type: ignore[union-attr]
+        if self.req_streaming:
+            self._end_request_body()
+
+    def _end_request_body(self) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        if self.request_chunked:
+            upstream.write(last_chunk(self.req_trailers or ()))
+        elif upstream.h2:
+            upstream.end_request(self.req_trailers)
 
     async def read_body(self, limit: int) -> bytes:
         """The whole request body, before anything went upstream (see ``Session.read_body``).
@@ -381,8 +420,8 @@ class Exchange:
         self.req_buffer.clear()
         self.req_buffered = 0
         self.req_streaming = True
-        if self.request_done and self.request_chunked:
-            self.upstream.write(last_chunk())  # type: ignore[union-attr]
+        if self.request_done and (self.request_chunked or self.upstream.h2):  # type: ignore[union-attr]
+            self._end_request_body()
         self.downstream.resume_reading_for(self)
 
     def _write_request_chunk(self, data: bytes) -> None:
@@ -434,6 +473,12 @@ class Exchange:
             s.response_sent = True
             await self._open_tunnel(None)
             return
+        self._send_head(head, headers)
+
+    def _send_head(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
+        """The response head (after the filters) and what body arrived with it, to an
+        HTTP/1.1 client: the framing is chosen here (raw, chunked or until close)."""
+        s = self.session
         self.resp_mode = self._response_mode(head, headers)
         if self.resp_mode == "chunked":
             _drop(headers, b"content-length")
@@ -453,8 +498,8 @@ class Exchange:
             for data in self.resp_buffer:
                 self._write_response_chunk(data)
         self.resp_buffer.clear()
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+        if self.upstream is not None and self.upstream.transport is not None and not self.downstream.write_paused:
+            self.upstream.transport.resume_reading()  # it paused while the head was on its way
         if self.resp_ended:
             self._end_response()
 
@@ -552,6 +597,11 @@ class Exchange:
         context = f"{self.session.peer.name} closed the connection" + (" before responding" if not received else " mid-response")
         self._upstream_failed(ProxyError(kind, ErrorSource.UPSTREAM, context=context))
 
+    def on_upstream_failed(self, error: ProxyError) -> None:
+        """An HTTP/2 upstream stream failed (reset, refused, malformed, connection error)."""
+        if not self.resp_ended:
+            self._upstream_failed(error)
+
     def _upstream_failed(self, error: ProxyError) -> None:
         if self.body_waiter is not None and not self.body_waiter.done():
             self.body_waiter.set_exception(error)
@@ -597,6 +647,8 @@ class Exchange:
         held = down.start_tunnel()  # client bytes that followed the request head
         early = b"".join(self.resp_buffer)  # upstream bytes that followed the 101 head
         self.resp_buffer.clear()
+        self.session.body_bytes_received += len(held)  # the tunnel's bytes, as the pump counts them
+        self.session.bytes_sent += len(early)
         if early:
             down.write(early)
         up_transport = self.upstream.transport if self.upstream is not None else None
@@ -615,6 +667,7 @@ class Exchange:
         down.resume_tunnel()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+        self._arm_tunnel_idle()
 
     async def _splice_tunnel(self, upstream_sock: socket.socket | None, held: bytes) -> None:
         down, svc = self.downstream, self.service
@@ -647,35 +700,68 @@ class Exchange:
         if not self.done.done():
             self.done.set_result(None)
 
+    def _arm_tunnel_idle(self) -> None:
+        """Callback tunnel: close it after ``tunnel_idle_timeout`` without a byte either way
+        (the splice pump keeps its own timer). One timer, re-armed only when it fires."""
+        timeout = self.service.tunnel_idle_timeout
+        if timeout and not self.done.done():
+            self.last_activity = self.loop.time()
+            self._tunnel_idle = self.loop.call_at(self.last_activity + timeout, self._on_tunnel_idle)
+            self.done.add_done_callback(self._stop_tunnel_idle)
+
+    def _on_tunnel_idle(self) -> None:
+        deadline = self.last_activity + self.service.tunnel_idle_timeout  # type: ignore[operator]
+        if self.loop.time() < deadline:
+            self._tunnel_idle = self.loop.call_at(deadline, self._on_tunnel_idle)
+            return
+        self._tunnel_idle = None
+        log.info("%s: %s: tunnel idle for %gs: closed", self.service.name, self.app.request_summary(self.session), self.service.tunnel_idle_timeout)
+        self._close_tunnel()
+
+    def _stop_tunnel_idle(self, _: object = None) -> None:
+        if self._tunnel_idle is not None:
+            self._tunnel_idle.cancel()
+            self._tunnel_idle = None
+
     def on_upstream_tunnel_data(self, data: bytes) -> None:
+        self.session.bytes_sent += len(data)
+        self.last_activity = self.loop.time()
         self.downstream.write(data)
 
     # uvloop can abort the process on write_eof() to a transport that already received EOF
-    # (DESIGN.md): once both directions saw EOF, close instead.
+    # (DESIGN.md): once both directions saw EOF, close instead. A TLS end cannot half-close
+    # (no write_eof, and it closes itself on EOF): an EOF it cannot pass on, or receives, ends
+    # the whole tunnel once the pending bytes left (nginx does the same for upgraded connections).
     def on_upstream_tunnel_eof(self) -> None:
         self._tunnel_eofs.add("upstream")
-        if "client" in self._tunnel_eofs:
+        transport = self.downstream.transport
+        if "client" in self._tunnel_eofs or transport is None or not transport.can_write_eof():
             self._close_tunnel()
         else:
             self.downstream.write_eof()
 
     def on_downstream_tunnel_data(self, data: bytes) -> None:
         if self.upstream is not None:
+            self.session.body_bytes_received += len(data)
+            self.last_activity = self.loop.time()
             self.upstream.write(data)
 
     def on_downstream_tunnel_eof(self) -> None:
         self._tunnel_eofs.add("client")
-        if "upstream" in self._tunnel_eofs:
-            self._close_tunnel()
-            return
         upstream = self.upstream
         transport = upstream.transport if upstream is not None else None
-        if transport is not None and not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
+        own = self.downstream.transport
+        if "upstream" in self._tunnel_eofs or transport is None or transport.is_closing() or not transport.can_write_eof() or own is None or not own.can_write_eof():
+            self._close_tunnel()
+            return
+        transport.write_eof()
 
     def _close_tunnel(self) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
+        """End a callback tunnel: both sides close once their pending bytes left."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.listener = None  # the tunnel is over: its late callbacks must not reach here
+            upstream.close()
         self.downstream.close()
         if not self.done.done():
             self.done.set_result(None)
@@ -700,7 +786,7 @@ class Exchange:
             self.upstream.transport.pause_reading()
 
     def on_downstream_write_resumed(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None and self.resp_streaming:
+        if self.upstream is not None and self.upstream.transport is not None and (self.resp_streaming or self.tunnel):
             self.upstream.transport.resume_reading()
 
     # ending ----------------------------------------------------------------------------------

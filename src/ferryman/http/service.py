@@ -1,4 +1,4 @@
-"""``HttpProxyService``: serve a ProxyHttp app on a listening socket (HTTP/1.1)."""
+"""``HttpProxyService``: serve a ProxyHttp app on a listening socket (HTTP/1.1 and HTTP/2)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..net.sweep import DeadlineSweep, tick_for
 from ..net.tls import CertStore
 from ..upstream.pool import ConnectionPool
 from .hooks import ProxyHttp, overrides
+from .upstream_h2 import H2Pool
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ class HttpProxyService:
     ``upstream_peer`` still decides where (and whether) to connect. ``accept_proxy``
     requires a PROXY v1/v2 header first from clients in ``proxy_trusted`` (all when empty),
     within ``proxy_header_timeout``; its source address becomes the client address.
+
+    ``http2`` (default True): clients may speak HTTP/2: on a TLS listener ALPN offers ``h2``
+    first (False: ALPN offers no ``h2``); on a plain one a connection that starts with the
+    HTTP/2 preface is served as h2c (prior knowledge). ``h2_max_streams`` bounds the streams
+    one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). Upstreams
+    speak what their :class:`~ferryman.net.connect.Peer` says (``protocol``); HTTP/2
+    upstream connections are pooled apart and carry many requests at once.
     """
 
     def __init__(
@@ -70,10 +78,19 @@ class HttpProxyService:
         proxy_header_timeout: float = 5.0,
         channel: socket.socket | None = None,
         tls: CertStore | None = None,
+        http2: bool = True,
+        h2_max_streams: int = 100,
     ) -> None:
         if tls is not None and accept_proxy:
             raise ValueError("a PROXY header before TLS is not supported yet: accept_proxy and tls cannot be combined")
         self.tls = tls  # certificates by SNI; tls.replace() / tls.reload() swap them while serving
+        self.http2 = http2
+        self.h2c = http2 and tls is None  # plain listener: detect the h2 preface on new connections
+        self.h2_alpn = http2 and tls is not None  # TLS listener: ALPN decides
+        self.h2_max_streams = h2_max_streams
+        if tls is not None:
+            tls.offer_h2(http2)
+        self._h2_pool: H2Pool | None = None
         self.backlog = backlog
         self.channel = channel  # least_conn: connections arrive here (SCM_RIGHTS), not by accept
         self.receiver: ConnectionReceiver | None = None
@@ -118,6 +135,13 @@ class HttpProxyService:
         return self._pool
 
     @property
+    def h2_pool(self) -> H2Pool:
+        """Multiplexed HTTP/2 upstream connections (peers with protocol h2 / h2c)."""
+        if self._h2_pool is None:
+            self._h2_pool = H2Pool(self.loop, idle_timeout=self.pool_idle_timeout)
+        return self._h2_pool
+
+    @property
     def pool_idle(self) -> int:
         """Idle upstream connections in the pool (0 before the first one)."""
         return self._pool.idle_count if self._pool is not None else 0
@@ -128,6 +152,8 @@ class HttpProxyService:
             exchange.check_read_timeout(now)
         if self._pool is not None:
             self._pool.expire(now)
+        if self._h2_pool is not None:
+            self._h2_pool.expire(now)
 
     def tighten(self, timeout: float) -> None:
         """A request uses a read timeout shorter than any configured here: sweep faster."""
@@ -192,5 +218,7 @@ class HttpProxyService:
             self._sweep.stop()
         if self._pool is not None:
             self._pool.close()
+        if self._h2_pool is not None:
+            self._h2_pool.close()
         if self._pipes is not None:
             self._pipes.close()

@@ -75,6 +75,11 @@ class Session:
         return transport.get_extra_info("ssl_object") if transport is not None else None
 
     @property
+    def http_version(self) -> bytes:
+        """The client's HTTP version: ``b"1.1"``, ``b"1.0"`` or ``b"2.0"`` (HTTP/2)."""
+        return self.request.version
+
+    @property
     def client_ip(self) -> str:
         addr = self.client_addr
         return addr[0] if isinstance(addr, tuple) else ""

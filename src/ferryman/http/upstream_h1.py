@@ -18,6 +18,8 @@ from ..protocol.h1.parser import ResponseParser
 class UpstreamH1(asyncio.Protocol):
     """One upstream connection. ``listener`` receives ``on_upstream_*`` callbacks."""
 
+    h2 = False  # see UpstreamH2Stream: the exchange frames request bodies itself (chunked)
+
     def __init__(self, pool_key: Hashable, peer_name: str) -> None:
         self.pool_key = pool_key
         self.peer_name = peer_name

@@ -93,6 +93,9 @@ class HttpConnectProxy:
         return b"".join(lines)
 
 
+PROTOCOLS = ("http1", "h2c", "h2")  # Peer.protocol
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """Where and how to connect upstream.
@@ -119,6 +122,10 @@ class Peer:
     pool_idle_timeout: float | None = None  # HTTP: how long one may stay idle (None: the service's default)
     port_affinity: tuple[int, int] | None = None  # (worker, workers): a source port p with p % workers == worker
     tls: TlsOptions | None = None  # HTTP: speak TLS to the peer (verification, SNI, ALPN, client cert)
+    # HTTP: the upstream's HTTP version: "http1", "h2c" (HTTP/2 cleartext, prior knowledge) or
+    # "h2" (HTTP/2 over TLS, ALPN h2; ``tls`` or default TlsOptions). h2/h2c connections are
+    # pooled apart and carry many requests at once
+    protocol: str = "http1"
 
     pool_key: str = field(default="", compare=False, repr=False)  # derived: see __post_init__
 
@@ -127,7 +134,9 @@ class Peer:
             object.__setattr__(self, "name", str(self.address))
         # what an HTTP upstream connection to this peer is pooled under: a str, whose hash is
         # cached (a tuple holding the Address dataclass was hashed in Python twice a request)
-        object.__setattr__(self, "pool_key", f"{self.address}|{self.proxy}|{self.proxy_protocol}|{self.tls!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"Peer protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        object.__setattr__(self, "pool_key", f"{self.address}|{self.proxy}|{self.proxy_protocol}|{self.tls!r}|{self.protocol}")
 
 
 def tune_socket(

@@ -7,6 +7,7 @@ to upstreams, and peek at a ClientHello for L4 SNI routing.
   client asked for: exact name, then one-label wildcard, then the default.
   :meth:`CertStore.replace` / :meth:`CertStore.reload` swap every certificate in one
   assignment: new handshakes use the new ones, established connections carry on.
+  :meth:`CertStore.set_acme_responder` answers ACME TLS-ALPN-01 validations (RFC 8737).
 * :func:`client_context` / :class:`TlsOptions` — upstream TLS. ``TlsOptions`` is frozen
   and hashable: it goes into the upstream pool key so connections made with different
   TLS settings never mix; :meth:`TlsOptions.context` caches one context per options.
@@ -27,8 +28,8 @@ import hashlib
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -57,6 +58,8 @@ __all__ = [
     "TlsOptions",
     "clear_client_contexts",
     "client_context",
+    "count_handshakes",
+    "handshake_reason",
     "load_certificate",
     "peer_identity",
     "read_client_hello",
@@ -213,6 +216,7 @@ class CertStore:
         settings: ServerTlsSettings | None = None,
     ) -> None:
         settings = settings or ServerTlsSettings()
+        self._h2: bool | None = None  # ALPN policy of an HTTP listener (see offer_h2)
         self._table = _build_table(tuple(certificates), default, settings)
         self._default_name = default
         self.context = server_context(settings)
@@ -220,6 +224,7 @@ class CertStore:
             spec = self._table.default.spec
             self.context.load_cert_chain(spec.cert, spec.key)
         self.context.sni_callback = self._on_sni
+        self._acme: Callable[[str], ssl.SSLContext | None] | None = None  # see set_acme_responder
 
     # what is served ----------------------------------------------------------------------------
     @property
@@ -260,7 +265,7 @@ class CertStore:
         specs = tuple(certificates) if certificates is not None else tuple(c.spec for c in old.certificates)
         if certificates is None and default is None:
             default = self._default_name
-        table = _build_table(specs, default, settings or old.settings)
+        table = _build_table(specs, default, alpn_policy(settings or old.settings, self._h2))
         if table.settings != old.settings:
             _configure(self.context, table.settings)
             if table.settings.client_ca:
@@ -268,18 +273,116 @@ class CertStore:
         self._table = table
         self._default_name = default
 
+    def offer_h2(self, enabled: bool) -> None:
+        """The ALPN policy of the HTTP listener serving this store: offer ``h2`` first
+        (True) or not at all (False), whatever ``settings.alpn`` lists; it holds across
+        :meth:`replace` and :meth:`reload`."""
+        if self._h2 is enabled:
+            return
+        self._h2 = enabled
+        if alpn_policy(self.settings, enabled) != self.settings:
+            self.replace(settings=self.settings)
+
     def reload(self) -> None:
         """Read every certificate, key and CA file again (renewed on disk) and swap."""
         self.replace(tuple(c.spec for c in self._table.certificates), default=self._default_name)
 
+    def set_acme_responder(self, responder: Callable[[str], ssl.SSLContext | None] | None) -> None:
+        """TLS-ALPN-01 (RFC 8737): a handshake whose ClientHello offers ALPN ``acme-tls/1``
+        gets ``responder(server_name)``'s context (the validation certificate, ALPN
+        ``acme-tls/1``) when it returns one. Seeing the offered ALPN takes a message
+        callback on the listener context; it runs for the messages before the SNI switch
+        only (two per handshake), and only while a responder is set. None removes it."""
+        self._acme = responder
+        self.context._msg_callback = _note_acme_hello if responder is not None else None  # type: ignore[attr-defined]
+
     # handshake -----------------------------------------------------------------------------------
     def _on_sni(self, ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> int | None:
         """OpenSSL's servername callback (called with None when the client sent no SNI)."""
+        if self._acme is not None and server_name and getattr(ssl_object, "ferryman_acme_tls", False):
+            validation = self._acme(server_name)
+            if validation is not None:
+                ssl_object.context = validation
+                return None
         cert = self._table.select(server_name)
         if cert is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         ssl_object.context = cert.context
         return None
+
+
+def count_handshakes(context: ssl.SSLContext, ok: Any, error: Callable[[str], None]) -> None:
+    """Count the handshakes of every server connection made from ``context`` (a listener's
+    ``CertStore.context``): ``ok.value += 1`` when one completes, ``error(reason)`` when
+    OpenSSL fails it (plain HTTP on a TLS port, no shared version or cipher, a refused SNI,
+    a bad client certificate...). A connection closed or timed out mid-handshake is neither.
+
+    Works through ``context.sslobject_class``, which the event loop uses to wrap each
+    accepted connection: one overridden method, called a few times per handshake and never
+    after it, so the data path is untouched."""
+
+    class CountedSSLObject(ssl.SSLObject):
+        __slots__ = ()
+
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                error(handshake_reason(exc))
+                raise
+            ok.value += 1
+
+    context.sslobject_class = CountedSSLObject  # type: ignore[assignment]
+
+
+_REASON = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def handshake_reason(exc: BaseException) -> str:
+    """A metric label for a failed handshake: OpenSSL's reason lowercased
+    (``http_request``, ``unsupported_protocol``, ``tlsv1_alert_unknown_ca``), ``eof`` when
+    the client hung up, ``other`` when there is no usable reason."""
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return "eof"
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        reason = reason.lower()
+        if _REASON.fullmatch(reason):
+            return reason
+    return "other"
+
+
+ACME_TLS_ALPN = "acme-tls/1"
+_ACME_TLS_ALPN = ACME_TLS_ALPN.encode()
+
+
+def _note_acme_hello(conn: Any, direction: str, _version: Any, content_type: Any, msg_type: Any, data: bytes) -> None:
+    """Message callback: mark a connection whose ClientHello offers ``acme-tls/1`` (read by
+    ``CertStore._on_sni``, which OpenSSL calls after this, with the same ``conn``)."""
+    if msg_type != _CLIENT_HELLO_MSG or content_type != _HANDSHAKE_CONTENT or direction != "read" or _ACME_TLS_ALPN not in data:
+        return
+    try:  # the handshake message without its record: wrap it in one for the parser
+        hello = parse_client_hello(b"\x16\x03\x01" + len(data).to_bytes(2, "big") + data)
+    except TlsHelloError:
+        return
+    if hello is not NEED_MORE and ACME_TLS_ALPN in hello.alpn:  # type: ignore[union-attr]
+        conn.ferryman_acme_tls = True
+
+
+_CLIENT_HELLO_MSG = ssl._TLSMessageType.CLIENT_HELLO  # type: ignore[attr-defined]
+_HANDSHAKE_CONTENT = ssl._TLSContentType.HANDSHAKE  # type: ignore[attr-defined]
+
+
+def alpn_policy(settings: ServerTlsSettings, h2: bool | None) -> ServerTlsSettings:
+    """``settings`` with ``h2`` first in ALPN (h2 True), without it (False: HTTP/1.1 only,
+    ``http/1.1`` if nothing else is left), or as they are (None)."""
+    if h2 is None:
+        return settings
+    rest = tuple(p for p in settings.alpn if p != "h2")
+    alpn = ("h2", *rest) if h2 else (rest or ("http/1.1",))
+    return settings if alpn == settings.alpn else replace(settings, alpn=alpn)
 
 
 def _build_table(specs: tuple[CertificateSpec, ...], default: str | None, settings: ServerTlsSettings) -> _Table:

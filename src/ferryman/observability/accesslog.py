@@ -596,7 +596,9 @@ def _off(session: Any, error: Any = None) -> None:
 
 
 class AccessLog:
-    """Append formatted lines to a file, ``"stdout"`` or ``"stderr"`` (or nowhere: ``"off"``).
+    """Append formatted lines to a file, ``"stdout"`` or ``"stderr"`` (or nowhere: ``"off"``),
+    or send them to ``"syslog"`` through ``sink`` (a :class:`~ferryman.observability.syslog.SyslogSink`:
+    one non-blocking send per line on the loop thread, no writer thread).
 
     ``log()`` runs on the loop thread and never blocks on I/O; a daemon thread writes
     batches. ``reopen()`` (logrotate, SIGUSR1) and ``close()`` (shutdown) are ordered with
@@ -612,8 +614,10 @@ class AccessLog:
         max_buffer: int = 16 * MiB,
         batch_bytes: int = 64 * 1024,
         flush_interval: float = 0.2,
+        sink: Any = None,
     ) -> None:
         self.target = target
+        self.sink = sink
         self.format: Formatter = formatter if callable(formatter) else resolve_format(formatter)
         self.dropped = 0
         self.written = 0
@@ -631,6 +635,16 @@ class AccessLog:
         if target == "off":
             self.log = _off  # type: ignore[method-assign]
             self._closing = True
+            return
+        if target == "syslog":
+            if sink is None:
+                raise ValueError("access log target 'syslog' needs a syslog sink")
+            fmt, send = self.format, sink.send
+
+            def to_sink(session: Session, error: ProxyError | None = None) -> None:
+                send(fmt(session, error))
+
+            self.log = to_sink  # type: ignore[method-assign]
             return
         if target not in ("stdout", "stderr"):
             self._fd = self._open()  # fail fast: a bad path is an error at start-up
@@ -666,8 +680,15 @@ class AccessLog:
             self._urgent = True
             self._cond.notify()
 
+    @property
+    def lost(self) -> int:
+        """Lines dropped here or by the syslog sink."""
+        return self.dropped + (self.sink.dropped if self.sink is not None else 0)
+
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued, stop the writer and close the file. Idempotent; blocks."""
+        if self.sink is not None:
+            self.sink.close(timeout)
         with self._cond:
             self._closing = True
             self._cond.notify()

@@ -137,6 +137,13 @@ METRICS: tuple[MetricSpec, ...] = (
     # counters others bump (Registry.counter)
     MetricSpec("ferryman_ratelimit_rejections_total", "counter", ("filter",), "Requests refused (429) by a ratelimit filter."),
     MetricSpec("ferryman_tls_handshakes_total", "counter", ("listener", "result"), "TLS handshakes with clients, by result (ok or error)."),
+    MetricSpec("ferryman_tls_handshake_errors_total", "counter", ("listener", "reason"),
+               "Failed TLS handshakes by OpenSSL's reason (http_request, unsupported_protocol, no_shared_cipher, eof, ...)."),
+    MetricSpec("ferryman_log_lines_dropped_total", "counter", ("log", "listener"),
+               "Log lines lost: the access log (per listener) or the error log (listener empty) could not take them "
+               "(buffer full, syslog socket would block, write failed)."),
+    MetricSpec("ferryman_trace_spans_total", "counter", ("result",),
+               "Trace spans of sampled requests: exported (accepted by the OTLP endpoint) or dropped (queue full, export failed)."),
     # reloads (Registry.reloaded), per worker
     MetricSpec("ferryman_reloads_total", "counter", ("result", "worker"),
                "Config reloads by result (ok or error), per worker.", merge="worker"),

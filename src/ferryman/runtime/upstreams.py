@@ -159,6 +159,7 @@ def make_peer(backend: Backend, cfg: UpstreamConfig) -> Peer:
         pool_idle_timeout=cfg.pool_idle_timeout,
         port_affinity=process.CURRENT.affinity if cfg.source_port_affinity and proxy is None else None,
         tls=tls_options(cfg),
+        protocol=cfg.protocol,
     )
 
 

@@ -1,0 +1,566 @@
+"""A client's HTTP/2 connection (h2 by ALPN on TLS, h2c by prior knowledge on plain
+listeners): every stream is one request, driven by the same phase driver as HTTP/1.1.
+
+:class:`DownstreamH2` owns the connection (frames in and out, SETTINGS, GOAWAY, timeouts);
+each stream gets an :class:`H2Stream`, which offers its exchange what
+:class:`~.downstream_h1.DownstreamH1` does (write, pause/resume reading, abort, direct
+responses) in frames, and an :class:`H2Exchange`, which sends the response head, body and
+trailers as HEADERS/DATA/HEADERS instead of HTTP/1.1 bytes. Backpressure is flow control
+both ways: request body credit goes back to the client only as the upstream takes the
+bytes; response DATA waits for the client's window, and while it waits the upstream is
+paused (see :mod:`ferryman.protocol.h2.credit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+
+from ..net.sweep import INF
+from ..protocol.h1.events import BodyKind, ResponseHead
+from ..protocol.h1.headers import strip_hop_by_hop
+from ..protocol.h2 import Credit, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed, request_head, response_block, trailer_block
+from .exchange import Exchange, _drop
+from .session import Session
+
+if TYPE_CHECKING:
+    from .service import HttpProxyService
+
+log = logging.getLogger(__name__)
+
+FILE_CHUNK = 64 * 1024
+
+
+class H2Exchange(Exchange):
+    """An exchange whose client speaks HTTP/2: the response goes out as frames."""
+
+    def _send_head(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
+        s = self.session
+        if head.body.kind is BodyKind.NONE:
+            self.resp_mode = "none"
+        else:
+            self.resp_mode = "raw"  # DATA frames; their END_STREAM ends the body
+            if self.body_filters:
+                _drop(headers, b"content-length")  # the filters may change the length
+        s.response_sent = True
+        self.resp_streaming = True
+        stream = self.downstream
+        if self.resp_ended and not self.resp_trailers and not self.body_filters and self.resp_mode == "raw":
+            # the whole response is here (the usual small one): HEADERS, then one DATA that ends it
+            body = b"".join(self.resp_buffer)
+            self.resp_buffer.clear()
+            s.bytes_sent += len(body)
+            stream.send_head(s.response_status, headers, not body)
+            stream.write(body, True)
+        else:
+            stream.send_head(s.response_status, headers, self.resp_mode == "none")
+            for data in self.resp_buffer:
+                self._write_response_chunk(data)
+            self.resp_buffer.clear()
+        if self.upstream is not None and self.upstream.transport is not None and not self.downstream.write_paused:
+            self.upstream.transport.resume_reading()  # it paused while the head was on its way
+        if self.resp_ended:
+            self._end_response()
+
+    def _write_response_chunk(self, data: bytes) -> None:
+        if self.body_filters:
+            data = self._filter_body(data, False)
+            if not data:
+                return
+        self.session.bytes_sent += len(data)
+        self.downstream.write(data)
+
+    def _end_response(self) -> None:
+        if self.resp_trailers and self.service.has["response_trailer_filter"]:
+            try:
+                self.app.response_trailer_filter(self.session, self.resp_trailers)
+            except Exception as exc:
+                self._hook_failed("response_trailer_filter", exc)
+                return
+        if self.body_filters:
+            tail = self._filter_body(b"", True)
+            if tail:
+                self.session.bytes_sent += len(tail)
+                self.downstream.write(tail)
+        self.downstream.end(self.resp_trailers)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def on_upstream_head(self, head: ResponseHead) -> None:
+        self.last_activity = self.loop.time()
+        if head.status < 200:
+            if head.status != 101 and not self.downstream.closing:  # 100 Continue, 103 Early Hints
+                self.downstream.send_interim(head.status, strip_hop_by_hop(head.headers))
+            return
+        if not self.head_future.done():
+            self.head_future.set_result(head)
+
+    async def _connect_tunnel(self) -> None:
+        self.session.respond_error(501, "CONNECT over HTTP/2 is not supported")
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class H2Stream:
+    """One stream of a client's HTTP/2 connection: the downstream of one exchange."""
+
+    tunnel = False
+    detached = False
+
+    def __init__(self, conn: DownstreamH2, stream_id: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.service = conn.service
+        self.loop = conn.loop
+        self.transport = conn.transport  # for Session.ssl_object
+        self.exchange: H2Exchange | None = None
+        self.keep_alive = True  # the exchange may clear it: meaningless per stream
+        self.closing = False  # reset either way, or the connection is gone
+        self.write_paused = False
+        self.body_activity = 0.0
+        self.pending_file: tuple[int, int, int] | None = None
+        self.credit = Credit()
+        self.out: deque[bytes] = deque()
+        self.end_after: list | bool | None = None  # end once ``out`` is sent (trailers or True)
+        self.local_ended = False  # END_STREAM sent (or the stream was reset)
+        self.remote_ended = False
+        self.expected: int | None = None  # the request's content-length
+        self.received = 0  # request body bytes
+        self._drained: asyncio.Future[None] | None = None
+
+    # responses ---------------------------------------------------------------------------------
+    def send_head(self, status: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        if self.local_ended:
+            return
+        self.conn.endpoint.send_headers(self.stream_id, response_block(status, headers), end_stream)
+        if end_stream:
+            self._ended()
+        self.conn.schedule_flush()
+
+    def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if not self.local_ended:
+            self.conn.endpoint.send_headers(self.stream_id, response_block(status, headers), False)
+            self.conn.schedule_flush()
+
+    def send_response(self, session: Session, head: bytes, body: bytes) -> None:
+        """A response made by ferryman itself (``Session.respond``): its status and headers
+        are the session's (``head`` is their HTTP/1.1 form, unused here)."""
+        headers = session.response_headers or []
+        self.send_head(session.response_status, headers, not body)
+        if body:
+            self.write(body)
+            self.end(None)
+        session.response_sent = True
+        session.bytes_sent += len(body)
+
+    def send_file(self, session: Session, head: bytes, fd: int, offset: int, count: int) -> None:
+        """Start a file response: the head now, the body in :meth:`flush_file`."""
+        self.send_head(session.response_status, session.response_headers or [], not count)
+        session.response_sent = True
+        self.pending_file = (fd, offset, count)
+
+    async def flush_file(self, session: Session) -> None:
+        """Send the pending file body in DATA frames, as the client's window allows."""
+        fd, offset, count = self.pending_file  # type: ignore[misc]
+        self.pending_file = None
+        sent = 0
+        try:
+            while sent < count and not self.closing:
+                data = os.pread(fd, min(FILE_CHUNK, count - sent), offset + sent)
+                if not data:
+                    raise OSError(f"file ended {count - sent} bytes early")
+                self.write(data)
+                sent += len(data)
+                session.bytes_sent += len(data)
+                if self.write_paused and not self.closing:
+                    self._drained = self.loop.create_future()
+                    await self._drained
+            if count:
+                self.end(None)
+        except OSError as exc:
+            log.info("%s: client %s: file response cut short: %s", self.service.name, self.conn.peer, exc)
+            self.abort()
+        finally:
+            os.close(fd)
+
+    def write(self, data: bytes | memoryview, end: bool = False) -> None:
+        """Response body bytes: as DATA within the client's windows; the rest waits (and the
+        exchange is told to pause its upstream). ``end``: these are the last bytes."""
+        if self.local_ended or not data:
+            return
+        conn = self.conn
+        if self.out or conn.write_blocked:
+            self.out.append(bytes(data))
+        else:
+            sent = conn.endpoint.send_data(self.stream_id, data, end)
+            if sent < 0:
+                return
+            if sent < len(data):
+                self.out.append(bytes(data[sent:]))
+            elif end:
+                self._ended()
+            conn.schedule_flush()
+        if end and self.out:
+            self.end_after = True
+        if self.out and not self.write_paused:
+            self.write_paused = True
+            if self.exchange is not None:
+                self.exchange.on_downstream_write_paused()
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.write(b"".join(parts))
+
+    def end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        """The response is complete: END_STREAM (on trailers, if any), once the body is out."""
+        if self.local_ended:
+            return
+        if self.out:
+            self.end_after = trailers or True
+            return
+        self._end(trailers)
+
+    def _end(self, trailers: list | None) -> None:
+        endpoint = self.conn.endpoint
+        if trailers:
+            endpoint.send_headers(self.stream_id, trailer_block(trailers), end_stream=True)
+        else:
+            endpoint.end_stream(self.stream_id)
+        self._ended()
+        self.conn.schedule_flush()
+
+    def _ended(self) -> None:
+        self.local_ended = True
+        if self.exchange is None:
+            self._close()
+
+    def send_pending(self) -> None:
+        """Window opened (or the connection's transport drained): send what waits."""
+        conn = self.conn
+        out = self.out
+        while out and not conn.write_blocked:
+            data = out[0]
+            sent = conn.endpoint.send_data(self.stream_id, data)
+            if sent < 0:
+                out.clear()
+                break
+            if sent < len(data):
+                out[0] = data[sent:]
+                break
+            out.popleft()
+        conn.schedule_flush()
+        if out:
+            return
+        if self.end_after is not None and not self.local_ended:
+            trailers, self.end_after = self.end_after, None
+            self._end(trailers if isinstance(trailers, list) else None)
+        if self.write_paused:
+            self.write_paused = False
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+            if self.exchange is not None:
+                self.exchange.on_downstream_write_resumed()
+
+    # request body credit (the exchange's pause/resume reading) ---------------------------------
+    def pause_reading_for(self, owner: object) -> None:
+        self.credit.pause(owner)
+
+    def resume_reading_for(self, owner: object) -> None:
+        due = self.credit.resume(owner)
+        if due and not self.closing:
+            self.conn.endpoint.ack(self.stream_id, due)
+            self.conn.schedule_flush()
+
+    # ending ------------------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Cut the response (RST_STREAM INTERNAL_ERROR): a truncated body must not look complete."""
+        self._reset(ErrorCodes.INTERNAL_ERROR)
+
+    def close(self) -> None:
+        if not self.local_ended:
+            self._reset(ErrorCodes.CANCEL)
+
+    def write_eof(self) -> None:
+        pass
+
+    def _reset(self, code: int) -> None:
+        if self.closing:
+            return
+        self.conn.endpoint.reset(self.stream_id, code)
+        self.conn.schedule_flush()
+        self._gone()
+
+    def _gone(self) -> None:
+        """The stream is over (reset by either side, or the connection closed)."""
+        self.closing = True
+        self.local_ended = True
+        self.out.clear()
+        due = self.credit.release()
+        if due and not self.conn.closing:
+            self.conn.endpoint.ack(self.stream_id, due)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self.exchange is None:
+            self._close()
+
+    def exchange_done(self) -> None:
+        """The exchange finished: once the response is out the stream is closed (a request
+        body the client still sends is refused with RST_STREAM NO_ERROR, RFC 9113 §8.1)."""
+        self.exchange = None
+        if self.local_ended and not self.out:
+            self._close()
+        elif not self.local_ended and self.end_after is None:  # it ended without a complete response
+            self._reset(ErrorCodes.INTERNAL_ERROR)
+
+    def _close(self) -> None:
+        if self.stream_id not in self.conn.streams:
+            return
+        if not self.remote_ended and not self.closing:
+            self.conn.endpoint.reset(self.stream_id, ErrorCodes.NO_ERROR)
+            self.conn.schedule_flush()
+        due = self.credit.release()
+        if due and not self.conn.closing:
+            self.conn.endpoint.ack(self.stream_id, due)
+        self.conn.stream_closed(self)
+
+    # client events -------------------------------------------------------------------------------
+    def on_data(self, data: bytes, flow: int) -> None:
+        self.received += len(data)
+        exchange = self.exchange
+        if exchange is not None and not exchange.request_done:
+            self.body_activity = self.loop.time()
+            exchange.on_request_body(data)
+        due = self.credit.received(flow)
+        if due:
+            self.conn.endpoint.ack(self.stream_id, due)
+
+    def on_trailers(self, block: list[tuple[bytes, bytes]]) -> None:
+        if self.exchange is not None:
+            self.exchange.on_request_trailers(list(block))
+
+    def on_end(self) -> None:
+        if self.expected is not None and self.received != self.expected:  # ended by trailers, short
+            self.conn._malformed(self.stream_id, f"content-length {self.expected} but {self.received} bytes of DATA")
+            return
+        self.remote_ended = True
+        exchange = self.exchange
+        if exchange is not None and not exchange.request_done:
+            exchange.on_request_end()
+        elif exchange is None and self.local_ended:
+            self._close()
+
+    def on_reset(self) -> None:
+        """The client reset the stream (cancelled): the upstream side is stopped too."""
+        self.remote_ended = True
+        exchange = self.exchange
+        self._gone()
+        if exchange is not None:
+            exchange.on_downstream_lost()
+
+
+class DownstreamH2(asyncio.Protocol):
+    """One client's HTTP/2 connection. Created by :class:`~.downstream_h1.DownstreamH1` when
+    ALPN chose h2 or the first bytes are the connection preface."""
+
+    def __init__(self, service: HttpProxyService, transport: asyncio.Transport, peer: Any, local: Any, proxy_header: Any = None) -> None:
+        self.service = service
+        self.loop = service.loop
+        self.transport = transport
+        self.peer = peer
+        self.local = local
+        self.proxy_header = proxy_header
+        self.endpoint = H2Endpoint(client=False, max_streams=service.h2_max_streams)
+        self.streams: dict[int, H2Stream] = {}
+        self.closing = False
+        self.draining = False  # GOAWAY sent: no new streams, close once the last one ends
+        self.write_blocked = False
+        self.requests = 0
+        self.deadline = INF  # see net/sweep.py: idle (keep-alive) timeout while no stream is open
+        self._flush_scheduled = False
+
+    def start(self, data: bytes) -> None:
+        self.service.connections.add(self)
+        self._idle()
+        self.flush()  # our SETTINGS
+        if data:
+            self.data_received(data)
+
+    # output ------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.endpoint.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def schedule_flush(self) -> None:
+        """Frames queued by exchanges leave together, once per loop pass."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    # asyncio callbacks ---------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.endpoint.receive(data)
+        except H2ConnectionError as exc:
+            log.info("%s: client %s: HTTP/2 connection error: %s", self.service.name, self.peer, exc)
+            self.flush()  # the GOAWAY
+            self.close()
+            return
+        streams = self.streams
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_data(event.data, event.flow_controlled_length)
+                else:  # a stream we already closed: the connection window still counts it
+                    self.endpoint.ack(event.stream_id, event.flow_controlled_length)
+            elif kind is RequestReceived:
+                self._request(event)
+            elif kind is StreamEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_end()
+            elif kind is WindowUpdated:
+                self._window_opened(event.stream_id)
+            elif kind is TrailersReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_trailers(event.headers)
+            elif kind is StreamReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_reset()
+            elif kind is Malformed:  # h2 reset the stream already; a stream of ours ends with it
+                self._malformed(event.stream_id, event.reason)
+            elif kind is RemoteSettingsChanged:
+                self._window_opened(0)
+            elif kind is ConnectionTerminated:
+                self.draining = True
+                if not streams:
+                    self.close()
+        self.flush()
+
+    def _malformed(self, stream_id: int, reason: str) -> None:
+        log.info("%s: client %s: malformed HTTP/2 request on stream %d: %s", self.service.name, self.peer, stream_id, reason)
+        self.endpoint.reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_reset()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.out:
+                stream.send_pending()
+            return
+        for stream in list(self.streams.values()):
+            if stream.out:
+                stream.send_pending()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.deadline = INF
+        if self.service.receiver is not None:
+            self.service.receiver.release()  # least_conn: this worker has one connection fewer
+        self.service.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.on_reset()
+        self.streams.clear()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self._window_opened(0)
+
+    # streams -----------------------------------------------------------------------------------
+    def _request(self, event: RequestReceived) -> None:
+        stream_id = event.stream_id
+        service = self.service
+        if self.draining or self.closing:
+            self.endpoint.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        head = request_head(event.headers, event.stream_ended is not None)
+        if event.stream_ended is not None and head.get(b"content-length") not in (None, b"0"):
+            self._malformed(stream_id, "content-length without DATA")  # RFC 9113 §8.1.1
+            return
+        stream = H2Stream(self, stream_id)
+        if head.body.kind is BodyKind.LENGTH:
+            stream.expected = head.body.length
+        stream.remote_ended = event.stream_ended is not None
+        self.streams[stream_id] = stream
+        self.deadline = INF
+        self.requests += 1
+        session = Session(head, self.peer, self.local, stream, tls=service.tls is not None)
+        session.max_body = service.parser_limits["max_body"]  # HTTP/1.1 has it checked by its parser
+        if service.has["new_ctx"]:
+            session.ctx = service.app.new_ctx()
+        exchange = stream.exchange = H2Exchange(stream, session)  # type: ignore[arg-type]
+        service.exchanges.add(exchange)
+        self.loop.create_task(self._run(stream, exchange))
+
+    async def _run(self, stream: H2Stream, exchange: H2Exchange) -> None:
+        try:
+            await exchange.run()
+        finally:
+            self.service.exchanges.discard(exchange)
+            stream.exchange_done()
+
+    def stream_closed(self, stream: H2Stream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        if not self.streams:
+            if self.draining:
+                self.flush()
+                self.close()
+            else:
+                self._idle()
+
+    # shutting down -------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Graceful stop: GOAWAY (streams already open finish), close when the last ends."""
+        if self.draining or self.closing:
+            return
+        self.draining = True
+        self.endpoint.drain(self.endpoint.highest_inbound_stream_id)
+        self.flush()
+        if not self.streams:
+            self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.transport.abort()
+
+    # timeouts (checked by the service's DeadlineSweep) -----------------------------------------
+    def _idle(self) -> None:
+        timeout = self.service.keepalive_timeout if self.requests else (self.service.header_timeout or self.service.keepalive_timeout)
+        self.deadline = self.loop.time() + timeout if timeout else INF
+
+    def on_deadline(self, now: float) -> None:
+        self.deadline = INF
+        if not self.streams:  # idle too long: say goodbye
+            self.shutdown()
+
