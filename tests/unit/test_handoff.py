@@ -635,6 +635,43 @@ def test_a_replaced_worker_says_hello_and_starts_from_zero(run: Run) -> None:
     run(main)
 
 
+def test_a_finishing_worker_serves_what_was_sent_until_the_dispatcher_says_end(run: Run) -> None:
+    """A stopping worker must not close its channel while connections are in it (the kernel
+    would reset clients whose requests are on their way): it takes them until the end mark."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dispatcher, ends = ConnectionDispatcher.create(1)
+        worker = Worker(loop, ends[0], b"w", quick=True)
+        worker.receiver.start()
+        clients = []
+        try:
+            worker.receiver._pause()  # the worker is busy: connections wait in the channel
+            with tcp_listener() as listener:
+                for _ in range(3):
+                    client, server = await connected_pair(listener)
+                    clients.append(client)
+                    await loop.sock_sendall(client, b"req")  # the request is already sent
+                    dispatcher.dispatch(server)
+            finished = worker.receiver.finish()
+            worker.receiver._resume()
+            await asyncio.sleep(0.05)
+            assert not finished.done()  # no end mark yet: the channel stays open
+            dispatcher.finish()
+            async with asyncio.timeout(WAIT):
+                await finished
+            for client in clients:
+                assert await recv_some(client) == b"w:req"
+            assert worker.receiver.received == 3
+        finally:
+            for client in clients:
+                client.close()
+            worker.close()
+            dispatcher.close()
+
+    run(main)
+
+
 def test_max_connections_pauses_receiving(run: Run) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

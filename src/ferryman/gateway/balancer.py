@@ -50,3 +50,5 @@ async def _balance(gateway: Gateway) -> None:
     await stop.wait()
     for acceptor in acceptors:
         acceptor.close()
+    for dispatcher, _ in gateway.channels.values():
+        dispatcher.finish()  # the workers may close their channels now

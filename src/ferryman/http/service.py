@@ -94,6 +94,7 @@ class HttpProxyService:
         self.backlog = backlog
         self.channel = channel  # least_conn: connections arrive here (SCM_RIGHTS), not by accept
         self.receiver: ConnectionReceiver | None = None
+        self.draining = False  # drain() began: connections still arriving get no keep-alive
         self.name = name
         self.sock = sock
         self.app = app
@@ -192,10 +193,13 @@ class HttpProxyService:
 
         async def adopt() -> None:
             try:
-                await self.loop.connect_accepted_socket(lambda: DownstreamH1(self), sock=conn, **self._ssl_options())
+                _, protocol = await self.loop.connect_accepted_socket(lambda: DownstreamH1(self), sock=conn, **self._ssl_options())
             except OSError:
                 conn.close()
                 self.receiver.release()  # type: ignore[union-attr]
+                return
+            if self.draining:  # sent before the stop: serve its request, keep nothing alive
+                protocol.shutdown()
 
         self.loop.create_task(adopt())
 
@@ -203,15 +207,19 @@ class HttpProxyService:
         if self.server is not None:
             self.server.close()
         if self.receiver is not None:
-            self.receiver.close()
+            self.receiver.finish()  # connections already in the channel are still served
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight requests finish (idle keep-alive connections close now), then close."""
+        self.draining = True
         for conn in list(self.connections):
             conn.shutdown()
         deadline = self.loop.time() + timeout
-        while self.connections and self.loop.time() < deadline:
+        receiver = self.receiver
+        while (self.connections or (receiver is not None and not receiver.finish().done())) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if receiver is not None:
+            receiver.close()
         for conn in list(self.connections):
             conn.abort()
         if self._sweep is not None:

@@ -94,16 +94,23 @@ class TcpProxyService:
         self._acceptor.start()
 
     def stop_accepting(self) -> None:
-        if self._acceptor is not None:
+        if isinstance(self._acceptor, ConnectionReceiver):
+            self._acceptor.finish()  # connections already in the channel are still served
+        elif self._acceptor is not None:
             self._acceptor.close()
 
     async def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` for live connections to finish, then close the rest."""
+        receiver = self._acceptor if isinstance(self._acceptor, ConnectionReceiver) else None
         try:
             async with asyncio.timeout(timeout):
+                if receiver is not None:
+                    await receiver.finish()
                 await self._idle.wait()
         except TimeoutError:
             log.warning("%s: closing %d connection(s) still open after the grace period", self.name, len(self.connections))
+        if receiver is not None:
+            receiver.close()
         for pump in list(self.pumps):
             pump.close()
         for task in list(self.connections.values()):

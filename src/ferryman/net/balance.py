@@ -29,6 +29,8 @@ _MASK = 0xFFFFFFFF
 _STAMP = struct.Struct("=I")
 # worker → dispatcher: the last stamp received (0: none yet) and its live connections
 _REPORT = struct.Struct("=II")
+# dispatcher → worker: no more connections will come (sent after its acceptors closed)
+_END = b"end"
 REPORT_BATCH = 64
 RECV_BATCH = 16
 ACCEPT_BATCH = 64
@@ -182,6 +184,21 @@ class ConnectionDispatcher:
             if not self._dead[worker]:
                 loop.add_reader(sock.fileno(), self.read_reports, worker)
 
+    def finish(self, timeout: float = 1.0) -> None:
+        """Tell every worker that nothing more will come (once accepting stopped): a
+        worker that is stopping closes its channel only then, after it took every
+        connection sent before (a seqpacket channel keeps the order)."""
+        for worker, sock in enumerate(self.channels):
+            if self._dead[worker]:
+                continue
+            sock.settimeout(timeout)  # the channel may be full while the worker catches up
+            try:
+                sock.send(_END)
+            except OSError as exc:
+                log.warning("worker %d's connection channel: end not sent: %s", worker, exc)
+            finally:
+                sock.setblocking(False)
+
     def close(self) -> None:
         """Close our ends (a worker process calls this on its inherited copy)."""
         if self._loop is not None and not self._loop.is_closed():
@@ -308,6 +325,7 @@ class ConnectionReceiver(SocketReader):
         self._report_due = False
         self._report_blocked = False
         self._closed = False
+        self.finished: asyncio.Future[None] | None = None  # set by finish(): done once closed
         sock.setblocking(False)
 
     def start(self) -> None:
@@ -327,11 +345,14 @@ class ConnectionReceiver(SocketReader):
             except HandoffError as exc:
                 log.error("connection channel: %s", exc)
                 continue
+            if payload == _END:  # the dispatcher stopped: everything it sent has been taken
+                self.close()
+                return
             if not payload:
-                log.error("connection channel closed by the dispatcher; no more connections will arrive")
-                self._pause()
-                self._closed = True
-                break
+                if self.finished is None:
+                    log.error("connection channel closed by the dispatcher; no more connections will arrive")
+                self.close()
+                return
             if len(payload) == _STAMP.size:
                 self._stamp = _STAMP.unpack(payload)[0]
             for fd in fds:
@@ -385,11 +406,27 @@ class ConnectionReceiver(SocketReader):
         self._report_blocked = False
         self._report()
 
+    def finish(self) -> asyncio.Future[None]:
+        """Graceful stop: keep taking what the dispatcher already sent until it says it
+        stopped (the balancing process stops at the same time), then close. Closing at once
+        would destroy connections still in the channel, and the kernel resets those whose
+        clients already sent a request. The future is done once the channel is closed; the
+        owner calls :meth:`close` if that takes too long."""
+        if self.finished is None:
+            self.finished = self.loop.create_future()
+            if self._closed:
+                self.finished.set_result(None)
+        return self.finished
+
     def close(self) -> None:
         """Stop receiving and close the channel end; live connections are untouched."""
+        if self._closed:
+            return
         self._pause()
         if self._report_blocked:
             self.loop.remove_writer(self.sock.fileno())
             self._report_blocked = False
         self._closed = True
         self.sock.close()
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
