@@ -28,6 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 TOKEN = "ui-test-token"
+USER, PASSWORD = "ops", "ops-secret"  # an [admin] user: HTTP Basic instead of the token
+USER_HASH = "$pbkdf2-sha256$1000$MDEyMzQ1Njc4OWFiY2RlZg$..sSXOQvlvzODycSc6GAGIcbeKpiQNbp5fLZMu.m23U"
 TIMEOUT_MS = 15_000  # Playwright's waits (expect, clicks): bounded, and generous for 2 busy cores
 
 
@@ -76,6 +78,7 @@ grace_period = "1s"
 [admin]
 addr = "{LOCAL}:{admin}"
 token = "{TOKEN}"
+users = ["{USER}:{USER_HASH}"]
 
 [listeners.web]
 addr = "{LOCAL}:{web}"

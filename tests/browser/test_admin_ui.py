@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from playwright.sync_api import Page, expect
 
 from support.process import wait_until
+from tests.browser.conftest import PASSWORD, USER
 
-TOKEN_KEY = "ferryman.admin.token"
+AUTH_KEY = "ferryman.admin.authorization"  # the Authorization value the tab keeps
 
 
 @contextmanager
@@ -51,13 +52,13 @@ def test_the_ui_asks_for_the_token_once_and_refuses_a_wrong_one(page: Page, site
     page.click("#login-form button[type=submit]")
     expect(page.locator("#login-error")).to_contain_text("refused")
     expect(page.locator("#view-overview")).to_be_hidden()
-    assert page.evaluate(f"sessionStorage.getItem({TOKEN_KEY!r})") is None
+    assert page.evaluate(f"sessionStorage.getItem({AUTH_KEY!r})") is None
 
     page.fill("#token", site.token)
     page.click("#login-form button[type=submit]")
     expect(page.locator("#view-overview")).to_be_visible()
     expect(page.locator("#generation")).to_have_text("generation 1")
-    assert page.evaluate(f"sessionStorage.getItem({TOKEN_KEY!r})") == site.token
+    assert page.evaluate(f"sessionStorage.getItem({AUTH_KEY!r})") == f"Bearer {site.token}"
 
     page.reload()  # asked once: the tab keeps it
     expect(page.locator("#generation")).to_have_text("generation 1")
@@ -65,9 +66,28 @@ def test_the_ui_asks_for_the_token_once_and_refuses_a_wrong_one(page: Page, site
 
     page.click("#logout")
     expect(page.locator("#login-form")).to_be_visible()
-    assert page.evaluate(f"sessionStorage.getItem({TOKEN_KEY!r})") is None
+    assert page.evaluate(f"sessionStorage.getItem({AUTH_KEY!r})") is None
     assert site.api("GET", "/api/v1/stats", token=None)[0] == 401  # the data never goes without it
     assert site.api("GET", "/api/v1/stats", token="not-the-token")[0] == 401
+
+
+def test_an_admin_user_signs_in_with_a_password_and_changes_are_logged_with_the_name(page: Page, site) -> None:
+    page.goto(site.url)
+    page.fill("#token", f"{USER}:wrong-password")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("refused")
+
+    page.fill("#token", f"{USER}:{PASSWORD}")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#view-overview")).to_be_visible()
+    assert page.evaluate(f"sessionStorage.getItem({AUTH_KEY!r})").startswith("Basic ")
+    page.click("#tabs a[data-tab=upstreams]")
+    row = page.locator(f'[data-upstream="app"] tr[data-backend="{site.b.address}"]')
+    row.locator("button[data-action=disable]").click()
+    expect(row).to_have_attribute("data-state", "disabled")
+    site.proc.wait_for(rf"admin: \S+ \(user {USER}\): disable backend {re.escape(site.b.address)}")
+    row.locator("button[data-action=enable]").click()
+    expect(row).to_have_attribute("data-state", "healthy")
 
 
 def test_the_request_and_error_rates_rise_with_traffic(ui: Page, site) -> None:

@@ -5,16 +5,21 @@ live stats and the reload history."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
 from pathlib import Path
 
+import pytest
+
 from ferryman.admin.history import ReloadHistory
 from ferryman.admin.stats import LiveStats, quantile
 from ferryman.config.load import load_file
+from ferryman.errors import ConfigError
 from ferryman.demo.origin import start_origin
 from ferryman.gateway.app import Gateway
 from ferryman.observability.metrics import DURATION_BUCKETS
@@ -413,3 +418,60 @@ body = "{body}"
         assert (applied["action"], applied["ok"], applied["generation"], applied["who"]) == ("apply", True, 2, "127.0.0.1 (token)")
         wait_until(lambda: all(http_get(web, "/")[1] == b"three" for _ in range(6)), 10, "both workers to serve the applied config")
         assert proc.stop(10) == 0
+
+
+# HTTP Basic credentials of [admin] users, beside the token ----------------------------------------
+ADMIN_USER = "ops:$pbkdf2-sha256$1000$MDEyMzQ1Njc4OWFiY2RlZg$..sSXOQvlvzODycSc6GAGIcbeKpiQNbp5fLZMu.m23U"  # password ops-secret
+
+
+def basic(credentials: str) -> bytes:
+    return b"Authorization: Basic " + base64.b64encode(credentials.encode()) + b"\r\n"
+
+
+async def test_admin_users_sign_in_with_http_basic_and_are_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ferryman.toml"
+    path.write_text(site("pong", free_port()).replace(f'token = "{TOKEN}"', f'token = "{TOKEN}"\nusers = ["{ADMIN_USER}"]'))
+    gw, server, _web, admin = await started(path)
+    try:
+        request = b"GET /api/v1/upstreams HTTP/1.1\r\nHost: a\r\n%sConnection: close\r\n\r\n"
+        status, _, body = await raw(admin, request % basic("ops:ops-secret"))
+        assert status == 200 and b'"app"' in body
+        for wrong in ("ops:nope", "nobody:ops-secret", "ops"):
+            assert (await raw(admin, request % basic(wrong)))[0] == 401, wrong
+        assert (await call(admin, "GET", "/api/v1/upstreams"))[0] == 200  # the token still works
+        # a refusal names both ways in; a browser page (x-ferryman-ui) gets no Basic challenge,
+        # which would open the browser's own password dialog
+        for extra, challenges in ((b"", [b'Bearer realm="ferryman admin"', b'Basic realm="ferryman admin", charset="UTF-8"']),
+                                  (b"X-Ferryman-UI: 1\r\n", [b'Bearer realm="ferryman admin"'])):
+            reader, writer = await asyncio.open_connection(LOCAL, admin)
+            writer.write(request % extra)
+            data = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            head = data.partition(b"\r\n\r\n")[0].split(b"\r\n")
+            assert head[0].startswith(b"HTTP/1.1 401")
+            assert [line.split(b":", 1)[1].strip() for line in head if line.lower().startswith(b"www-authenticate:")] == challenges
+        with caplog.at_level(logging.WARNING, logger="ferryman.admin.api"):
+            origin = (await raw(admin, request % basic("ops:ops-secret")))[2]
+            address = json.loads(origin)["upstreams"]["app"]["backends"][0]["address"]
+            action = f"POST /api/v1/upstreams/app/backends/{address}/disable HTTP/1.1\r\nHost: a\r\n".encode()
+            assert (await raw(admin, action + basic("ops:ops-secret") + b"Content-Length: 0\r\nConnection: close\r\n\r\n"))[0] == 200
+        assert f"admin: 127.0.0.1 (user ops): disable backend {address} of upstream app" in caplog.text
+    finally:
+        await stopped(gw, server)
+
+
+def test_admin_users_are_checked_with_their_toml_path(tmp_path: Path) -> None:
+    from ferryman.config.load import load_text
+
+    with pytest.raises(ConfigError) as info:
+        load_text('[admin]\nusers = ["ops:plaintext-password"]\n')
+    assert "admin.users[0]" in str(info.value) and "not a supported password hash" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_text(f'[admin]\nusers = ["{ADMIN_USER}", "{ADMIN_USER}"]\n')
+    assert "listed twice" in str(info.value)
+    # beyond localhost, users are credentials enough; with neither, the token is asked for
+    load_text(f'[admin]\naddr = "0.0.0.0:9180"\nusers = ["{ADMIN_USER}"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_text('[admin]\naddr = "0.0.0.0:9180"\n')
+    assert "admin.token: required (or admin.users)" in str(info.value)

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -38,6 +38,7 @@ from urllib.parse import unquote
 from .. import __version__
 from ..config.load import load_text
 from ..errors import ConfigError
+from ..filters.builtin.basic_auth import BasicAuthFilter
 from ..http.hooks import ProxyHttp
 from ..http.session import Session
 from ..observability.metrics import Snapshot
@@ -60,6 +61,7 @@ class AdminApi(ProxyHttp):
         path: str | Path | None,
         *,
         token: str | None = None,
+        users: Sequence[str] = (),
         reload: Callable[[], Awaitable[bool]],
         metrics: Callable[[], str] | None = None,
         snapshot: Callable[[], Snapshot] | None = None,
@@ -69,6 +71,7 @@ class AdminApi(ProxyHttp):
         self.runtime = runtime
         self.path = Path(path) if path is not None else None
         self.token = token
+        self.users = BasicAuthFilter("admin", BasicAuthFilter.Config(users=users, realm="ferryman admin")) if users else None
         self.reload = reload
         self.metrics = metrics
         self.history = history if history is not None else ReloadHistory()
@@ -97,7 +100,7 @@ class AdminApi(ProxyHttp):
                 session.respond(304 if fresh else 200, b"" if fresh else asset.body, list(asset.headers))
                 return True
         if not self._authorized(session):
-            _json(session, 401, {"error": "a valid token is required (Authorization: Bearer TOKEN)"}, [(b"www-authenticate", b'Bearer realm="ferryman admin"')])
+            self._refuse(session)
             return True
         path = session.request.target.split(b"?", 1)[0]
         handler = self.routes.get((session.request.method, path))
@@ -114,10 +117,30 @@ class AdminApi(ProxyHttp):
         raise RuntimeError("the admin API does not proxy")
 
     def _authorized(self, session: Session) -> bool:
-        if self.token is None:
+        """Open when neither a token nor users are configured; else a Bearer token or HTTP
+        Basic credentials of a user. Who was let in goes to ``session.vars["admin_user"]``."""
+        if self.token is None and self.users is None:
             return True
         given = session.header(b"authorization") or b""
-        return given.startswith(b"Bearer ") and hmac.compare_digest(given[7:].strip(), self.token.encode())
+        if self.token is not None and given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:].strip(), self.token.encode()):
+            session.vars["admin_user"] = "token"
+            return True
+        user = self.users.authenticate(given) if self.users is not None and given else None
+        if user is not None:
+            session.vars["admin_user"] = f"user {user}"
+            return True
+        return False
+
+    def _refuse(self, session: Session) -> None:
+        """401 with the challenges this listener accepts. The web UI (``x-ferryman-ui``) gets
+        no Basic challenge: a browser would answer it with its own password dialog."""
+        methods = " or ".join(m for m, on in (("Authorization: Bearer TOKEN", self.token is not None), ("HTTP Basic credentials", self.users is not None)) if on)
+        challenges = []
+        if self.token is not None:
+            challenges.append((b"www-authenticate", b'Bearer realm="ferryman admin"'))
+        if self.users is not None and session.header(b"x-ferryman-ui") is None:
+            challenges.append((b"www-authenticate", b'Basic realm="ferryman admin", charset="UTF-8"'))
+        _json(session, 401, {"error": f"valid credentials are required ({methods})"}, challenges)
 
     # endpoints -------------------------------------------------------------------------------
     async def _status(self, session: Session) -> None:
@@ -276,4 +299,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _who(session: Session) -> str:
-    return f"{session.client_ip or 'a local client'} (token)" if session.header(b"authorization") else session.client_ip or "a local client"
+    """The client and the credential it used, for the change log and the history."""
+    client = session.client_ip or "a local client"
+    who = session.vars.get("admin_user")
+    return f"{client} ({who})" if who else client

@@ -151,11 +151,28 @@ class UpstreamTlsConfig(Strict):
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
+def _admin_user(entry: str) -> str:
+    """An ``[admin] users`` entry, checked like the basic_auth filter's (imported late: the
+    filters import this module)."""
+    from ..filters.builtin.basic_auth import _check_entry
+
+    return _check_entry(entry)
+
+
 class AdminConfig(Strict):
     """The admin API (and /metrics): JSON on its own listener, localhost by default."""
 
     addr: SocketAddress = parse_address("127.0.0.1:9180")
     token: str | None = None  # required as "Authorization: Bearer TOKEN" when set
+    users: list[Annotated[str, AfterValidator(_admin_user)]] = []  # "name:HASH": HTTP Basic too
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> "AdminConfig":
+        names = [entry.strip().partition(":")[0] for entry in self.users]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"admin user {name!r} is listed twice")
+        return self
 
 
 class TcpKeepaliveConfig(Strict):

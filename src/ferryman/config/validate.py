@@ -61,8 +61,8 @@ def _check_extras(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _check_admin(admin: Any) -> list[tuple[str, str]]:
-    """An admin API reachable beyond this host must ask for a token."""
-    if not isinstance(admin, dict) or admin.get("token"):
+    """An admin API reachable beyond this host must ask for credentials (a token or users)."""
+    if not isinstance(admin, dict) or admin.get("token") or admin.get("users"):
         return []
     addr = admin.get("addr", "127.0.0.1:9180")
     try:
@@ -74,7 +74,7 @@ def _check_admin(admin: Any) -> list[tuple[str, str]]:
     host = address.host
     if host == "localhost" or host.startswith("127.") or host == "::1":
         return []
-    return [("admin.token", f"required: the admin API on {addr} is reachable from other hosts")]
+    return [("admin.token", f"required (or admin.users): the admin API on {addr} is reachable from other hosts")]
 
 
 def _check_balance(listeners: dict, server: Any) -> list[tuple[str, str]]:

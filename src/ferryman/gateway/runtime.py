@@ -139,7 +139,7 @@ class Runtime:
             return await self.reload()
 
         api = AdminApi(
-            self, self.gateway.path, token=config.admin.token, reload=reload, metrics=self.metrics_text,
+            self, self.gateway.path, token=config.admin.token, users=config.admin.users, reload=reload, metrics=self.metrics_text,
             snapshot=self.metrics.collect, history=self.history, workers=config.server.workers,
         )
         self.server.add_service(HttpProxyService("admin", sock, api, forwarded_headers=False, header_timeout=30.0))

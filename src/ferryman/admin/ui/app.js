@@ -1,17 +1,18 @@
 // ferryman admin UI: plain JavaScript, no build step, no external resources.
-// It polls the JSON admin API (/api/v1/...) with the token as a Bearer header; the token is
-// asked for once and kept in sessionStorage (this tab only).
+// It polls the JSON admin API (/api/v1/...) with the credentials asked for once: the [admin]
+// token (sent as a Bearer header) or "user:password" of an [admin] user (HTTP Basic). The
+// Authorization value that worked is kept in sessionStorage (this tab only).
 "use strict";
 
 const POLL_MS = 2000;          // how often stats (and the visible tab's data) are fetched
 const KEEP_POINTS = 150;       // chart points kept (5 minutes at POLL_MS)
 const MAX_LINES = 6;           // chart lines: the busiest routes / upstreams
-const TOKEN_KEY = "ferryman.admin.token";
+const AUTH_KEY = "ferryman.admin.authorization";
 const COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777", "#4b5563"];
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  token: sessionStorage.getItem(TOKEN_KEY),
+  auth: sessionStorage.getItem(AUTH_KEY),  // the Authorization header value that worked
   tab: "overview",
   group: "routes",
   points: [],          // [{t, stats}] newest last
@@ -27,8 +28,8 @@ const state = {
 class AuthError extends Error {}
 
 async function api(method, path, body) {
-  const headers = {};
-  if (state.token) headers["Authorization"] = "Bearer " + state.token;
+  const headers = { "X-Ferryman-UI": "1" };  // no Basic challenge: no browser password dialog
+  if (state.auth) headers["Authorization"] = state.auth;
   if (body !== undefined) headers["Content-Type"] = "application/toml";
   let response;
   try {
@@ -81,24 +82,49 @@ function showLogin(message) {
   $("token").focus();
 }
 
-async function signIn(token) {
-  state.token = token || null;
-  try {
-    const status = await api("GET", "/api/v1/status");
-    if (!status.ok) throw new Error(`GET /api/v1/status: ${status.status}`);
-  } catch (err) {
-    const refused = err instanceof AuthError;
-    state.token = null;
-    sessionStorage.removeItem(TOKEN_KEY);
-    if (refused) showLogin(token ? "That token was refused (401). Check the [admin] token." : "");
-    else showLogin(err.message);
+// "user:password" as an HTTP Basic Authorization value (UTF-8, as the API decodes it)
+function basic(credentials) {
+  let binary = "";
+  for (const byte of new TextEncoder().encode(credentials)) binary += String.fromCharCode(byte);
+  return "Basic " + btoa(binary);
+}
+
+// the Authorization values to try for what was typed (or the value restored from this tab)
+function candidates(secret) {
+  if (!secret) return [null];
+  if (/^(Bearer|Basic) /.test(secret)) return [secret];
+  return secret.includes(":") ? ["Bearer " + secret, basic(secret)] : ["Bearer " + secret];
+}
+
+async function signIn(secret) {
+  let refused = false;
+  for (const auth of candidates(secret)) {
+    state.auth = auth;
+    try {
+      const status = await api("GET", "/api/v1/status");
+      if (!status.ok) throw new Error(`GET /api/v1/status: ${status.status}`);
+      refused = false;
+      break;
+    } catch (err) {
+      state.auth = null;
+      if (!(err instanceof AuthError)) {
+        sessionStorage.removeItem(AUTH_KEY);
+        showLogin(err.message);
+        return false;
+      }
+      refused = true;
+    }
+  }
+  if (refused) {
+    sessionStorage.removeItem(AUTH_KEY);
+    showLogin(secret ? "Those credentials were refused (401). Check the [admin] token or users." : "");
     return false;
   }
-  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  if (state.auth) sessionStorage.setItem(AUTH_KEY, state.auth);
   $("login").hidden = true;
   $("tabs").hidden = false;
   $("status").hidden = false;
-  $("logout").hidden = !state.token;
+  $("logout").hidden = !state.auth;
   showTab(location.hash.slice(1) || "overview");
   startPolling();
   return true;
@@ -106,9 +132,9 @@ async function signIn(token) {
 
 function onAuthError(err) {
   if (!(err instanceof AuthError)) throw err;
-  state.token = null;
-  sessionStorage.removeItem(TOKEN_KEY);
-  showLogin("The admin API refused the token (401): sign in again.");
+  state.auth = null;
+  sessionStorage.removeItem(AUTH_KEY);
+  showLogin("The admin API refused the credentials (401): sign in again.");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -518,8 +544,8 @@ document.addEventListener("DOMContentLoaded", () => {
     signIn($("token").value.trim());
   });
   $("logout").addEventListener("click", () => {
-    sessionStorage.removeItem(TOKEN_KEY);
-    state.token = null;
+    sessionStorage.removeItem(AUTH_KEY);
+    state.auth = null;
     showLogin("");
   });
   window.addEventListener("hashchange", () => { if (!$("tabs").hidden) showTab(location.hash.slice(1)); });
@@ -534,5 +560,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("cfg-apply").addEventListener("click", () => runButton("cfg-apply", onApply));
   $("cfg-rollback").addEventListener("click", () => runButton("cfg-rollback", onRollback));
   $("cfg-revert").addEventListener("click", () => runButton("cfg-revert", onRevert));
-  signIn(state.token);
+  signIn(state.auth);
 });
