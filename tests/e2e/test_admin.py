@@ -103,7 +103,7 @@ async def test_the_admin_api_reads_validates_applies_and_rolls_back(tmp_path: Pa
 
         status, body = await call(admin, "GET", "/api/v1/upstreams")
         backends = json.loads(body)["upstreams"]["app"]["backends"]
-        assert backends == [{"address": f"127.0.0.1:{origin_port}", "weight": 1, "healthy": True, "disabled": False, "active": 0}]
+        assert backends == [{"address": f"127.0.0.1:{origin_port}", "weight": 1, "healthy": True, "disabled": False, "active": 0, "requests": 0, "failures": 0}]
 
         assert (await call(admin, "GET", "/api/v1/nope"))[0] == 404
         assert (await call(admin, "DELETE", "/api/v1/config"))[0] == 405
@@ -151,6 +151,9 @@ async def test_backends_are_disabled_and_enabled_through_the_admin_api(tmp_path:
         assert status == 404 and b"has no backend" in body
         assert (await call(admin, "POST", "/api/v1/upstreams/nope/backends/x/disable"))[0] == 404
         assert (await call(admin, "POST", f"/api/v1/upstreams/app/backends/127.0.0.1:{ports[0]}/disable", token=None))[0] == 401
+        backends = json.loads((await call(admin, "GET", "/api/v1/upstreams"))[1])["upstreams"]["app"]["backends"]
+        assert sum(x["requests"] for x in backends) == 22 and all(x["requests"] >= 4 for x in backends)
+        assert [(x["active"], x["failures"]) for x in backends] == [(0, 0), (0, 0)]
     finally:
         for service in server.services:
             service.stop_accepting()
@@ -475,3 +478,45 @@ def test_admin_users_are_checked_with_their_toml_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_text('[admin]\naddr = "0.0.0.0:9180"\n')
     assert "admin.token: required (or admin.users)" in str(info.value)
+
+
+async def test_backend_counters_count_requests_failures_and_requests_in_flight(tmp_path: Path) -> None:
+    origin = await start_origin("127.0.0.1", 0, "a")
+    good, refused = origin.sockets[0].getsockname()[1], free_port()  # nothing listens on `refused`
+    path = tmp_path / "ferryman.toml"
+    path.write_text(site("x", good).replace(f'backends = ["127.0.0.1:{good}"]', f'backends = ["127.0.0.1:{refused}", "127.0.0.1:{good}"]'))
+    gw, server, web, admin = await started(path)
+    try:
+        for _ in range(6):  # a refused connect fails over to the good backend
+            assert (await call(web, "GET", "/"))[0] == 200
+        backends = {x["address"]: x for x in json.loads((await call(admin, "GET", "/api/v1/upstreams"))[1])["upstreams"]["app"]["backends"]}
+        bad, ok = backends[f"127.0.0.1:{refused}"], backends[f"127.0.0.1:{good}"]
+        assert bad["requests"] == bad["failures"] >= 3 and ok["failures"] == 0
+        assert ok["requests"] == 6 and bad["active"] == ok["active"] == 0
+        # in flight: a request held open by its own body counts while it lasts
+        reader, writer = await asyncio.open_connection(LOCAL, web)
+        writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+        async def in_flight() -> int:
+            backends = json.loads((await call(admin, "GET", "/api/v1/upstreams"))[1])["upstreams"]["app"]["backends"]
+            return sum(x["active"] for x in backends)
+        for _ in range(200):
+            if await in_flight() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await in_flight() == 1
+        writer.write(b"-the-rest")
+        await writer.drain()
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+        metrics = (await call(admin, "GET", "/metrics"))[1].decode()
+        now = {x["address"]: x for x in json.loads((await call(admin, "GET", "/api/v1/upstreams"))[1])["upstreams"]["app"]["backends"]}
+        for address, backend in now.items():  # the same counts in the Prometheus series
+            assert f'ferryman_backend_requests_total{{upstream="app",backend="{address}"}} {backend["requests"]}' in metrics
+            assert f'ferryman_backend_failures_total{{upstream="app",backend="{address}"}} {backend["failures"]}' in metrics
+        assert now[f"127.0.0.1:{good}"]["requests"] == 7
+    finally:
+        await stopped(gw, server)
+        origin.close()
+        await origin.wait_closed()

@@ -13,7 +13,7 @@ without the token) calls these endpoints.
     POST /api/v1/config/validate   a TOML body: every error with its TOML path
     POST /api/v1/config/apply      validate, write the file (keeping the previous one), reload
     POST /api/v1/config/rollback   put the previous file back, reload
-    GET  /api/v1/upstreams         backends with health and connections in use
+    GET  /api/v1/upstreams         backends with health, in flight, requests and failures
     POST /api/v1/upstreams/NAME/backends/ADDRESS/disable|drain|enable
                                    take a backend out of rotation (in-flight work finishes)
                                    or give it back to its health checks
@@ -75,6 +75,7 @@ class AdminApi(ProxyHttp):
         self.reload = reload
         self.metrics = metrics
         self.history = history if history is not None else ReloadHistory()
+        self.snapshot = snapshot  # the metrics of every worker, added up
         self.stats = LiveStats(snapshot if snapshot is not None else dict)
         self.workers = workers
         self.started = time.time()
@@ -217,13 +218,26 @@ class AdminApi(ProxyHttp):
         _json(session, 200 if ok else 500, {"rolled_back": ok, "generation": self.runtime.generation})
 
     async def _upstreams(self, session: Session) -> None:
+        """Backends with health, the operator's flag, and their counters added up over every
+        worker (from the metrics; this process's own counts where no series exists)."""
+        snapshot = self.snapshot() if self.snapshot is not None else {}
+
+        def total(metric: str, name: str, key: str, local: int) -> int:
+            value = snapshot.get((metric, (name, key)))
+            return int(value) if isinstance(value, (int, float)) else local
+
         out = {}
         for name, upstream in self.runtime.upstreams.items():
             out[name] = {
                 "lb": upstream.config.lb,
                 "members": list(upstream.config.members),
                 "backends": [
-                    {"address": b.key, "weight": b.weight, "healthy": b.healthy, "disabled": b.disabled, "active": b.active}
+                    {
+                        "address": b.key, "weight": b.weight, "healthy": b.healthy, "disabled": b.disabled,
+                        "active": total("ferryman_backend_active_connections", name, b.key, b.active),
+                        "requests": total("ferryman_backend_requests_total", name, b.key, b.requests),
+                        "failures": total("ferryman_backend_failures_total", name, b.key, b.failures),
+                    }
                     for b in upstream.balancer.backends
                 ],
             }

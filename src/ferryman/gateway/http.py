@@ -36,7 +36,7 @@ class Route:
     """One compiled route: its upstream and, per phase, only the filters implementing it."""
 
     __slots__ = (
-        "name", "upstream", "hash_key", "rewrite", "read_timeout", "max_body", "access_log", "retry", "counts",
+        "name", "upstream", "hash_key", "rewrite", "read_timeout", "max_body", "access_log", "retry",
         "request_filters", "upstream_request_filters", "response_filters", "body_filters", "metrics",
     )
 
@@ -53,7 +53,6 @@ class Route:
         self.max_body = max_body
         self.access_log = access_log
         self.retry = RetryPolicy.from_config(upstream.config) if upstream is not None else RetryPolicy(())
-        self.counts = upstream is not None and counts_connections(upstream.balancer)  # least_conn / p2c
         self.request_filters = _phase(filters, "request_filter")
         self.upstream_request_filters = _phase(filters, "upstream_request_filter")
         self.response_filters = _phase(filters, "response_filter")
@@ -165,16 +164,18 @@ class GatewayHttp(ProxyHttp):
             ctx.backend = backend
             if ctx.route.retry.statuses:  # an answer is dropped for a retry only if a backend is left
                 session.retry_statuses = ctx.route.retry.statuses if ctx.candidates.has_more() else frozenset()
-        if ctx.route.counts:
-            _uncount(ctx)
-            backend.active += 1
-            ctx.counted = backend
+        # in flight per backend (least_conn and p2c choose by it; the admin API shows it)
+        _uncount(ctx)
+        backend.active += 1
+        backend.requests += 1
+        ctx.counted = backend
         return upstream.peer_for(backend)  # type: ignore[arg-type]
 
     def fail_to_connect(self, session: Session, peer: Peer, error: ProxyError) -> ProxyError:
         ctx = session.ctx
         if ctx is None or ctx.backend is None:  # CONNECT through a forward-proxy listener
             return error
+        ctx.backend.failures += 1
         passive = ctx.backend.passive
         if passive is not None:
             passive.failure(ctx.backend, str(error))
@@ -192,6 +193,7 @@ class GatewayHttp(ProxyHttp):
             ctx.stale_retry = True
             error.retry = True
             return error
+        ctx.backend.failures += 1
         passive = ctx.backend.passive
         if passive is not None:
             if error.kind is ErrorKind.UPSTREAM_STATUS:

@@ -45,6 +45,7 @@ class GatewayL4(ProxyL4):
         if session.candidates is None:
             session.candidates = upstream.candidates(session.client_ip if upstream.config.lb == "consistent_hash" else "")
         backend = upstream.next_backend(session.candidates, session.last_error)
+        backend.requests += 1
         session.ctx = _Pick(backend, self.metrics_for(upstream))
         return upstream.peer_for(backend)
 
@@ -62,6 +63,7 @@ class GatewayL4(ProxyL4):
 
     def fail_to_connect(self, session: L4Session, peer: Peer, error: ProxyError) -> ProxyError:
         backend = session.ctx.backend
+        backend.failures += 1
         if backend.passive is not None:
             backend.passive.failure(backend, str(error))
         # with no backend left a retry could only fail again, logging the same failure twice

@@ -208,6 +208,8 @@ class Runtime:
             for backend in upstream.balancer.backends:  # type: ignore[union-attr]
                 yield ("ferryman_backend_healthy", (name, backend.key), 1 if backend.healthy else 0)
                 yield ("ferryman_backend_active_connections", (name, backend.key), backend.active)
+                yield ("ferryman_backend_requests_total", (name, backend.key), backend.requests)
+                yield ("ferryman_backend_failures_total", (name, backend.key), backend.failures)
 
     async def _reload(self) -> tuple[bool, str]:
         """Whether it applied, and what to say about it (every error with its TOML path)."""

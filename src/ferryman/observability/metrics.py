@@ -158,7 +158,11 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ferryman_backend_healthy", "gauge", ("upstream", "backend", "worker"),
                "1 when the backend is in service as this worker sees it, 0 when it is out.", merge="worker"),
     MetricSpec("ferryman_backend_active_connections", "gauge", ("upstream", "backend"),
-               "Connections open to the backend (counted for least_conn and p2c upstreams)."),
+               "HTTP requests in flight to the backend; TCP: connections open (counted for least_conn and p2c upstreams)."),
+    MetricSpec("ferryman_backend_requests_total", "counter", ("upstream", "backend"),
+               "HTTP requests (TCP: connections) sent to the backend, retries included."),
+    MetricSpec("ferryman_backend_failures_total", "counter", ("upstream", "backend"),
+               "Of those, the ones that failed to connect or failed while proxying."),
     # the board's own facts (added by the reader, ferryman.observability.board)
     MetricSpec("ferryman_worker_starts_total", "counter", ("worker",), "Processes that have served as this worker (1 + restarts)."),
     MetricSpec("ferryman_metrics_age_seconds", "gauge", ("worker",), "Seconds since the worker last published its metrics."),

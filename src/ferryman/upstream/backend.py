@@ -16,8 +16,10 @@ from ..net.addr import Address, parse_address
 class Backend:
     """One backend address with its weight and live state.
 
-    ``active`` counts open connections (least_conn / p2c read it); ``healthy`` is
-    written by the health checker; ``key`` is the stable identity used for hashing.
+    ``active`` counts open connections (least_conn / p2c read it; HTTP: requests in
+    flight); ``requests`` and ``failures`` count attempts sent to it and those that failed
+    (connect errors, errors while proxying); ``healthy`` is written by the health checker;
+    ``key`` is the stable identity used for hashing.
     """
 
     address: Address
@@ -28,6 +30,8 @@ class Backend:
     passive: Any = field(default=None, repr=False)  # the owning upstream's PassiveHealth, if any
     verdict: bool = True  # health's view (active and passive checks); ``healthy`` also needs not disabled
     disabled: bool = False  # taken out by an operator (admin API: disable / drain)
+    requests: int = 0  # HTTP requests (L4: connections) sent to it, retries included
+    failures: int = 0  # of those, the ones that failed to connect or failed while proxying
 
     def __post_init__(self) -> None:
         if not self.key:

@@ -361,7 +361,9 @@ function renderUpstreams(upstreams, stats) {
         el("td", { class: "name mono" }, b.address),
         el("td", { class: "num" }, String(b.weight)),
         el("td", {}, badge),
-        el("td", { class: "num" }, String(b.active)),
+        el("td", { class: "num", "data-field": "active" }, String(b.active)),
+        el("td", { class: "num", "data-field": "requests" }, String(b.requests ?? "–")),
+        el("td", { class: "num", "data-field": "failures" }, String(b.failures ?? "–")),
         el("td", { class: "actions" }, ...(Array.isArray(actions) ? actions : [actions])));
     });
     const head = el("header", {},
@@ -371,7 +373,8 @@ function renderUpstreams(upstreams, stats) {
       el("span", { class: "rates" }, rates));
     const table = el("table", { class: "grid" },
       el("thead", {}, el("tr", {}, el("th", {}, "Backend"), el("th", { class: "num" }, "Weight"), el("th", {}, "State"),
-        el("th", { class: "num" }, "Active conns"), el("th", { class: "num" }, ""))),
+        el("th", { class: "num" }, "In flight"), el("th", { class: "num" }, "Requests"), el("th", { class: "num" }, "Failures"),
+        el("th", { class: "num" }, ""))),
       el("tbody", {}, ...rows));
     return el("div", { class: "card upstream", "data-upstream": name }, head, table);
   });
