@@ -158,7 +158,7 @@ class DownstreamH1(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.tunnel and self.exchange is not None:
             self.exchange.on_downstream_tunnel_eof()
-            return True
+            return self.transport is not None and self.transport.can_write_eof()  # TLS cannot half-close
         if self.exchange is not None and not self.exchange.request_done:
             return False  # truncated request body: connection_lost tells the exchange
         self.keep_alive = False

@@ -48,7 +48,9 @@ FILE_CHUNK = 64 * 1024
 class H2Exchange(Exchange):
     """An exchange whose client speaks HTTP/2: the response goes out as frames."""
 
-    def _send_head(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
+    h2_downstream = True
+
+    def _send_head_h2(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
         s = self.session
         if head.body.kind is BodyKind.NONE:
             self.resp_mode = "none"

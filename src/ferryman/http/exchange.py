@@ -47,6 +47,8 @@ _CONN_CLOSE = (b"connection", b"close")
 class Exchange:
     """Drives one request. Created by the downstream protocol for each request head."""
 
+    h2_downstream = False  # H2Exchange: the response goes out as HTTP/2 frames (_send_head_h2)
+
     def __init__(self, downstream: DownstreamH1, session: Session) -> None:
         self.downstream = downstream
         self.service = downstream.service
@@ -473,12 +475,10 @@ class Exchange:
             s.response_sent = True
             await self._open_tunnel(None)
             return
-        self._send_head(head, headers)
-
-    def _send_head(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
-        """The response head (after the filters) and what body arrived with it, to an
-        HTTP/1.1 client: the framing is chosen here (raw, chunked or until close)."""
-        s = self.session
+        if self.h2_downstream:
+            self._send_head_h2(head, headers)
+            return
+        # to an HTTP/1.1 client (inline: the hot path): the framing is chosen here
         self.resp_mode = self._response_mode(head, headers)
         if self.resp_mode == "chunked":
             _drop(headers, b"content-length")
@@ -502,6 +502,9 @@ class Exchange:
             self.upstream.transport.resume_reading()  # it paused while the head was on its way
         if self.resp_ended:
             self._end_response()
+
+    def _send_head_h2(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError  # see downstream_h2.H2Exchange
 
     def _response_mode(self, head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> str:
         kind = head.body.kind

@@ -118,7 +118,7 @@ class UpstreamH1(asyncio.Protocol):
             self._dispatch(listener, events)
         elif listener is not None:
             listener.on_upstream_tunnel_eof()
-            return True
+            return self.transport is not None and self.transport.can_write_eof()  # TLS cannot half-close
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
