@@ -26,10 +26,21 @@ def ferryman_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess
     return subprocess.run([*COMMAND, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+_GIVEN: set[int] = set()  # ports handed out by this test process
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCAL, 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now (for a config a subprocess binds). Never one this
+    process handed out before: the kernel may give the same ephemeral port twice in a row,
+    and two listeners of one config would then clash."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((LOCAL, 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no fresh ephemeral port after 100 tries")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
