@@ -5,6 +5,7 @@ listener without terminating it, and config errors with their paths."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 
@@ -250,5 +251,79 @@ health_check = {{ kind = "http", path = "/health", rise = 1, fall = 1 }}
             await checker.run_once()
             assert checker.backends[0].healthy is healthy
     finally:
+        origin.close()
+        await origin.wait_closed()
+
+
+async def test_a_proxy_header_before_tls_gives_the_client_address(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Behind an L4 balancer (HAProxy's `send-proxy`, AWS NLB): the PROXY header comes first,
+    in clear, then the TLS handshake. Only the header's bytes are read before TLS."""
+    from ferryman.protocol import proxy_protocol
+
+    ca = Authority(tmp_path)
+    site = ca.issue("site.test", dns=("site.test",), file="site")
+    origin = await start_origin("127.0.0.1", 0, "o")
+    path = tmp_path / "ferryman.toml"
+    path.write_text(f"""
+[listeners.web]
+addr = "127.0.0.1:0"
+protocol = "http"
+upstream = "o"
+tls = ["site"]
+proxy_protocol = true
+proxy_protocol_timeout = "500ms"
+
+[certificates.site]
+cert = "{site.cert}"
+key = "{site.key}"
+
+[upstreams.o]
+backends = ["127.0.0.1:{origin.sockets[0].getsockname()[1]}"]
+""")
+    gw = Gateway(load_file(path), path)
+    gw.bind()
+    server = await serve(gw)
+    port = server.services[0].sock.getsockname()[1]
+
+    async def get(*pieces: bytes) -> bytes:
+        """Send ``pieces`` in clear (one write each), then GET /echo over TLS."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)  # separate segments: the header arrives in pieces
+        await writer.start_tls(client_context(ca.cert), server_hostname="site.test")
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return data
+
+    v2 = proxy_protocol.build_v2(("198.51.100.9", 40000), ("127.0.0.1", 443))
+    try:
+        v1_answer = await get(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n")
+        assert v1_answer.startswith(b"HTTP/1.1 200") and b"203.0.113.7" in v1_answer
+        v2_answer = await get(v2[:5], v2[5:20], v2[20:])
+        assert v2_answer.startswith(b"HTTP/1.1 200") and b"198.51.100.9" in v2_answer
+        # no header, or a broken one: the connection is closed with a log line, others go on
+        with caplog.at_level("INFO", logger="ferryman.http.service"):
+            for bad in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(bad)
+                try:  # closed with the bytes unread: the kernel may reset instead of a FIN
+                    assert await asyncio.wait_for(reader.read(), 5) == b""
+                except ConnectionResetError:
+                    pass
+                writer.close()
+                with contextlib.suppress(ConnectionResetError):
+                    await writer.wait_closed()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # silent: the timeout closes it
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await writer.wait_closed()
+        assert caplog.text.count("PROXY header") >= 3 and "within 0.5s" in caplog.text
+        assert b"203.0.113.7" in await get(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n")
+    finally:
+        await stop(gw, server)
         origin.close()
         await origin.wait_closed()

@@ -83,8 +83,6 @@ def check_tls(config: Config) -> list[tuple[str, str]]:
         if cfg.tls:
             if cfg.protocol != "http":
                 errors.append((f"{path}.tls", "TLS termination is for http listeners; a tcp listener can route TLS by name with sni_upstreams"))
-            if cfg.proxy_protocol:
-                errors.append((f"{path}.tls", "a PROXY header before TLS is not supported yet: give either tls or proxy_protocol"))
             for index, cert in enumerate(cfg.tls):
                 if cert not in config.certificates:
                     errors.append((f"{path}.tls[{index}]", f"no certificate named {cert!r} (known: {', '.join(sorted(config.certificates)) or 'none'})"))

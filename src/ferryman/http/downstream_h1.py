@@ -33,7 +33,7 @@ class DownstreamH1(asyncio.Protocol):
     """One client connection. Reading pauses while a pipelined request waits its turn or
     while the upstream cannot take more request body."""
 
-    def __init__(self, service: HttpProxyService) -> None:
+    def __init__(self, service: HttpProxyService, proxy_header: object = None) -> None:
         self.service = service
         self.loop = service.loop
         self.parser = RequestParser(**service.parser_limits)
@@ -54,7 +54,7 @@ class DownstreamH1(asyncio.Protocol):
         self._head_started = False  # bytes of the next request head have arrived
         self.body_activity = 0.0  # loop time of the last request body bytes
         self.pending_file: tuple[int, int, int] | None = None  # fd, offset, count
-        self.proxy_header: object = None  # the client's PROXY header, when the listener accepts them
+        self.proxy_header = proxy_header  # the client's PROXY header (read before TLS, or below)
         self._proxy_buf: bytes | None = None  # not None while a PROXY header is awaited
 
     # asyncio callbacks -----------------------------------------------------------------------
@@ -63,7 +63,11 @@ class DownstreamH1(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
         self.local = transport.get_extra_info("sockname")
         self.service.connections.add(self)
-        if self.service.accept_proxy and proxy_protocol.required_from(self.peer, self.service.proxy_trusted):
+        header = self.proxy_header
+        if header is not None:  # read before TLS (see HttpProxyService._adopt)
+            self._use_proxy_header(header)  # type: ignore[arg-type]
+            self._arm_timer(self.service.header_timeout)
+        elif self.service.accept_proxy and proxy_protocol.required_from(self.peer, self.service.proxy_trusted):
             self._proxy_buf = b""
             self._arm_timer(self.service.proxy_header_timeout)
         else:
@@ -149,11 +153,16 @@ class DownstreamH1(asyncio.Protocol):
             self._proxy_buf = buf
             return b""
         self._proxy_buf = None
+        self._use_proxy_header(header)
+        self._arm_timer(self.service.header_timeout)
+        return buf[used:]
+
+    def _use_proxy_header(self, header: proxy_protocol.ProxyHeader) -> None:
+        """The header's source is the client for hooks, X-Forwarded-For and logs (a LOCAL
+        header keeps the real addresses)."""
         self.proxy_header = header
         if not header.is_local and header.src is not None:
             self.peer, self.local = header.src, header.dst
-        self._arm_timer(self.service.header_timeout)
-        return buf[used:]
 
     def eof_received(self) -> bool:
         if self.tunnel and self.exchange is not None:

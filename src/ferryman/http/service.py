@@ -10,7 +10,11 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from ..net.connect import Connector
+from ..errors import ProxyError
 from ..net.balance import ConnectionReceiver
+from ..net.listener import Acceptor
+from ..net.peek import read_proxy_header
+from ..protocol import proxy_protocol
 from ..net.pump import PipePool
 from ..net.sweep import DeadlineSweep, tick_for
 from ..net.tls import CertStore
@@ -81,8 +85,6 @@ class HttpProxyService:
         http2: bool = True,
         h2_max_streams: int = 100,
     ) -> None:
-        if tls is not None and accept_proxy:
-            raise ValueError("a PROXY header before TLS is not supported yet: accept_proxy and tls cannot be combined")
         self.tls = tls  # certificates by SNI; tls.replace() / tls.reload() swap them while serving
         self.http2 = http2
         self.h2c = http2 and tls is None  # plain listener: detect the h2 preface on new connections
@@ -93,7 +95,7 @@ class HttpProxyService:
         self._h2_pool: H2Pool | None = None
         self.backlog = backlog
         self.channel = channel  # least_conn: connections arrive here (SCM_RIGHTS), not by accept
-        self.receiver: ConnectionReceiver | None = None
+        self.receiver: ConnectionReceiver | Acceptor | None = None  # connections not from create_server
         self.draining = False  # drain() began: connections still arriving get no keep-alive
         self.name = name
         self.sock = sock
@@ -179,6 +181,12 @@ class HttpProxyService:
             self.receiver = ConnectionReceiver(self.loop, self.channel, self._adopt)
             self.receiver.start()
             return
+        if self.tls is not None and self.accept_proxy:  # the PROXY header comes before TLS: read it first
+            self.sock.listen(self.backlog)
+            self.sock.setblocking(False)
+            self.receiver = Acceptor(self.loop, self.sock, self._adopt)
+            self.receiver.start()
+            return
         self.server = await self.loop.create_server(lambda: DownstreamH1(self), sock=self.sock, backlog=self.backlog, **self._ssl_options())
 
     def _ssl_options(self) -> dict:
@@ -188,12 +196,22 @@ class HttpProxyService:
         return {"ssl": self.tls.context, "ssl_handshake_timeout": self.header_timeout or 60.0}
 
     def _adopt(self, conn: socket.socket, peer: object) -> None:
-        """A connection the balancing process accepted and passed to this worker."""
+        """A connection accepted here but not by create_server: passed by the balancing process
+        (least_conn), or on a TLS listener whose clients send a PROXY header first."""
         from .downstream_h1 import DownstreamH1
 
         async def adopt() -> None:
+            header = None
+            if self.tls is not None and self.accept_proxy and proxy_protocol.required_from(peer, self.proxy_trusted):
+                try:
+                    header = await read_proxy_header(conn, timeout=self.proxy_header_timeout)
+                except ProxyError as exc:
+                    log.info("%s: client %s: %s; connection closed", self.name, peer, exc.context)
+                    conn.close()
+                    self.receiver.release()  # type: ignore[union-attr]
+                    return
             try:
-                _, protocol = await self.loop.connect_accepted_socket(lambda: DownstreamH1(self), sock=conn, **self._ssl_options())
+                _, protocol = await self.loop.connect_accepted_socket(lambda: DownstreamH1(self, header), sock=conn, **self._ssl_options())
             except OSError:
                 conn.close()
                 self.receiver.release()  # type: ignore[union-attr]
@@ -206,8 +224,10 @@ class HttpProxyService:
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
-        if self.receiver is not None:
+        if isinstance(self.receiver, ConnectionReceiver):
             self.receiver.finish()  # connections already in the channel are still served
+        elif self.receiver is not None:
+            self.receiver.close()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight requests finish (idle keep-alive connections close now), then close."""
@@ -215,7 +235,7 @@ class HttpProxyService:
         for conn in list(self.connections):
             conn.shutdown()
         deadline = self.loop.time() + timeout
-        receiver = self.receiver
+        receiver = self.receiver if isinstance(self.receiver, ConnectionReceiver) else None
         while (self.connections or (receiver is not None and not receiver.finish().done())) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if receiver is not None:

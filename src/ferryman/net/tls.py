@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 from ferryman.errors import ErrorKind, ErrorSource, ProxyError
-from ferryman.net.reactor import EPOLLIN, EPOLLONESHOT, reactor_for
+from ferryman.net.peek import recv_exactly, wait_readable
 from ferryman.protocol.tls_hello import (
     MAX_HELLO,
     MAX_RECORDS,
@@ -734,7 +734,7 @@ async def read_client_hello(
         try:
             data = sock.recv(max(1, limit - len(taken)), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
-            await _wait_readable(loop, sock, deadline, timeout)
+            await wait_readable(loop, sock, deadline, f"TLS ClientHello within {timeout:g}s")
             continue
         except OSError as exc:
             raise ProxyError(ErrorKind.CONNECTION_RESET, ErrorSource.DOWNSTREAM, context="client reset the connection before its ClientHello ended") from exc
@@ -751,35 +751,4 @@ async def read_client_hello(
             return HelloPeek(result, bytes(taken))  # type: ignore[arg-type]  # the peeked rest stays queued
         if len(seen) >= limit:
             raise ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.DOWNSTREAM, context=f"no complete ClientHello in {limit} bytes")
-        taken += _recv_exactly(sock, len(data))  # incomplete: take it, so the next wait sees only new bytes
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    """Consume ``size`` bytes already seen with MSG_PEEK (they are queued)."""
-    out = bytearray()
-    while len(out) < size:
-        chunk = sock.recv(size - len(out))
-        if not chunk:
-            raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context="peeked ClientHello bytes vanished")
-        out += chunk
-    return bytes(out)
-
-
-async def _wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float, timeout: float) -> None:
-    """One-shot wait in the loop's reactor (the splice pump re-arms the same fd later)."""
-    reactor = reactor_for(loop)
-    fd = sock.fileno()
-    ready = loop.create_future()
-    reactor.register(fd, EPOLLIN | EPOLLONESHOT, lambda events: ready.done() or ready.set_result(None))
-    timer = loop.call_at(deadline, lambda: ready.done() or ready.set_exception(TimeoutError()))
-    try:
-        await ready
-    except TimeoutError as exc:
-        reactor.forget(fd)
-        raise ProxyError(ErrorKind.READ_TIMEOUT, ErrorSource.DOWNSTREAM, context=f"no complete TLS ClientHello within {timeout:g}s") from exc
-    except BaseException:
-        reactor.forget(fd)
-        raise
-    finally:
-        timer.cancel()
-    reactor.park(fd)
+        taken += recv_exactly(sock, len(data), "ClientHello")  # incomplete: take it, so the next wait sees only new bytes
