@@ -458,7 +458,12 @@ async def test_admin_users_sign_in_with_http_basic_and_are_named_in_the_log(tmp_
             origin = (await raw(admin, request % basic("ops:ops-secret")))[2]
             address = json.loads(origin)["upstreams"]["app"]["backends"][0]["address"]
             action = f"POST /api/v1/upstreams/app/backends/{address}/disable HTTP/1.1\r\nHost: a\r\n".encode()
-            assert (await raw(admin, action + basic("ops:ops-secret") + b"Content-Length: 0\r\nConnection: close\r\n\r\n"))[0] == 200
+            rest = b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+            # a browser would send remembered Basic credentials with a post from any page: a
+            # change needs the UI's own header too (pages of other sites cannot add it)
+            status, _, body = await raw(admin, action + basic("ops:ops-secret") + rest)
+            assert status == 403 and b"X-Ferryman-UI" in body
+            assert (await raw(admin, action + basic("ops:ops-secret") + b"X-Ferryman-UI: 1\r\n" + rest))[0] == 200
         assert f"admin: 127.0.0.1 (user ops): disable backend {address} of upstream app" in caplog.text
     finally:
         await stopped(gw, server)
@@ -520,3 +525,24 @@ async def test_backend_counters_count_requests_failures_and_requests_in_flight(t
         await stopped(gw, server)
         origin.close()
         await origin.wait_closed()
+
+
+async def test_password_checks_run_in_threads_and_a_flood_is_refused_unchecked() -> None:
+    from ferryman.admin.api import MAX_HASHING, AdminApi
+
+    async def reload() -> bool:
+        return True
+
+    api = AdminApi(None, None, users=[ADMIN_USER], reload=reload)
+    good = b"Basic " + base64.b64encode(b"ops:ops-secret")
+    checked: list[bytes] = []
+    verify = api.users.verify
+    api.users.verify = lambda given: checked.append(given) or verify(given)  # type: ignore[method-assign]
+    assert await api._basic_user(good) == "ops" and checked == [good]
+    assert await api._basic_user(good) == "ops" and checked == [good]  # cached: no second hash
+    api._hashing = MAX_HASHING  # every slot busy: new credentials are refused without a hash
+    wrong = b"Basic " + base64.b64encode(b"ops:guess")
+    assert await api._basic_user(wrong) is None and checked == [good]
+    assert await api._basic_user(good) == "ops"  # known ones still pass
+    api._hashing = 0
+    assert await api._basic_user(wrong) is None and checked == [good, wrong]

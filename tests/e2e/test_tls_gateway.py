@@ -323,6 +323,19 @@ backends = ["127.0.0.1:{origin.sockets[0].getsockname()[1]}"]
             await writer.wait_closed()
         assert caplog.text.count("PROXY header") >= 3 and "within 0.5s" in caplog.text
         assert b"203.0.113.7" in await get(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n")
+        # a graceful stop waits for a connection still in its PROXY header or TLS handshake
+        service = server.services[0]
+        late = asyncio.create_task(get(b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 443\r\n"))
+        for _ in range(100):
+            if service.adopting:
+                break
+            await asyncio.sleep(0.005)
+        assert service.adopting and not service.connections  # accepted, not yet a connection
+        service.stop_accepting()
+        await service.drain(5.0)
+        assert not service.adopting and not service.connections  # drain returned once it was served
+        answer = await late
+        assert answer.startswith(b"HTTP/1.1 200") and b"192.0.2.1" in answer
     finally:
         await stop(gw, server)
         origin.close()

@@ -25,6 +25,7 @@ without the token) calls these endpoints.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -49,6 +50,7 @@ from .stats import LiveStats
 log = logging.getLogger(__name__)
 
 MAX_CONFIG = 1 << 20  # bytes of TOML a client may send
+MAX_HASHING = 2  # password checks at once (each is a few hundred ms of CPU in a thread)
 _BACKENDS = b"/api/v1/upstreams/"
 
 
@@ -71,6 +73,7 @@ class AdminApi(ProxyHttp):
         self.runtime = runtime
         self.path = Path(path) if path is not None else None
         self.token = token
+        self._hashing = 0  # password checks running (see _basic_user)
         self.users = BasicAuthFilter("admin", BasicAuthFilter.Config(users=users, realm="ferryman admin")) if users else None
         self.reload = reload
         self.metrics = metrics
@@ -100,8 +103,13 @@ class AdminApi(ProxyHttp):
                 fresh = self.ui.fresh(asset, session.header(b"if-none-match"))
                 session.respond(304 if fresh else 200, b"" if fresh else asset.body, list(asset.headers))
                 return True
-        if not self._authorized(session):
+        if not await self._authorized(session):
             self._refuse(session)
+            return True
+        if session.request.method not in (b"GET", b"HEAD") and session.vars.get("admin_user") != "token" and session.header(b"x-ferryman-ui") is None:
+            # a browser sends Basic credentials (or none, to an open admin) for any page that
+            # posts here; the UI's header is one a page of another site cannot add
+            _json(session, 403, {"error": "a change needs the Bearer token, or the X-Ferryman-UI: 1 header (which pages of other sites cannot send)"})
             return True
         path = session.request.target.split(b"?", 1)[0]
         handler = self.routes.get((session.request.method, path))
@@ -117,7 +125,7 @@ class AdminApi(ProxyHttp):
     def upstream_peer(self, session: Session) -> Any:  # never reached: every request is answered
         raise RuntimeError("the admin API does not proxy")
 
-    def _authorized(self, session: Session) -> bool:
+    async def _authorized(self, session: Session) -> bool:
         """Open when neither a token nor users are configured; else a Bearer token or HTTP
         Basic credentials of a user. Who was let in goes to ``session.vars["admin_user"]``."""
         if self.token is None and self.users is None:
@@ -126,11 +134,28 @@ class AdminApi(ProxyHttp):
         if self.token is not None and given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:].strip(), self.token.encode()):
             session.vars["admin_user"] = "token"
             return True
-        user = self.users.authenticate(given) if self.users is not None and given else None
+        user = await self._basic_user(given) if self.users is not None and given else None
         if user is not None:
             session.vars["admin_user"] = f"user {user}"
             return True
         return False
+
+    async def _basic_user(self, given: bytes) -> str | None:
+        """The user of Basic credentials. A password hash takes a few hundred ms by design:
+        it runs in a thread, at most MAX_HASHING at once; beyond that new credentials are
+        refused unchecked, so a flood of guesses cannot stall this worker's proxying."""
+        users = self.users
+        assert users is not None
+        known, user = users.cached(given)
+        if known or self._hashing >= MAX_HASHING:
+            return user
+        self._hashing += 1
+        try:
+            user = await asyncio.get_running_loop().run_in_executor(None, users.verify, given)
+        finally:
+            self._hashing -= 1
+        users.remember(given, user)
+        return user
 
     def _refuse(self, session: Session) -> None:
         """401 with the challenges this listener accepts. The web UI (``x-ferryman-ui``) gets

@@ -90,7 +90,7 @@ class Ctx:
         self.route = route
         self.candidates: Candidates | None = None
         self.backend: Backend | None = None  # of the current attempt
-        self.counted: Backend | None = None  # its ``active`` was raised (least_conn / p2c)
+        self.counted: Backend | None = None  # the backend whose ``active`` this request raised
         self.stale_retry = False  # the next attempt goes to the same backend (a pooled connection had closed)
 
 
@@ -165,7 +165,9 @@ class GatewayHttp(ProxyHttp):
             if ctx.route.retry.statuses:  # an answer is dropped for a retry only if a backend is left
                 session.retry_statuses = ctx.route.retry.statuses if ctx.candidates.has_more() else frozenset()
         # in flight per backend (least_conn and p2c choose by it; the admin API shows it)
-        _uncount(ctx)
+        counted = ctx.counted  # a retry: the previous attempt's backend is done with it
+        if counted is not None:
+            counted.active -= 1
         backend.active += 1
         backend.requests += 1
         ctx.counted = backend
@@ -235,8 +237,10 @@ class GatewayHttp(ProxyHttp):
         if ctx is None:
             self.metrics.observe(session, error)
         else:
-            if ctx.counted is not None:
-                _uncount(ctx)
+            counted = ctx.counted
+            if counted is not None:
+                counted.active -= 1
+                ctx.counted = None
             ctx.route.metrics.observe(session, error)
         if self.access_log is not None and (ctx is None or ctx.route.access_log):
             self.access_log.log(session, error)
@@ -270,12 +274,6 @@ class TracedGatewayHttp(GatewayHttp):
 
 
 _CLOSED = (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET)
-
-
-def _uncount(ctx: Ctx) -> None:
-    if ctx.counted is not None:
-        ctx.counted.active -= 1
-        ctx.counted = None
 
 
 def counts_connections(member: Any) -> bool:

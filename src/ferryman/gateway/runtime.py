@@ -142,7 +142,7 @@ class Runtime:
             self, self.gateway.path, token=config.admin.token, users=config.admin.users, reload=reload, metrics=self.metrics_text,
             snapshot=self.metrics.collect, history=self.history, workers=config.server.workers,
         )
-        self.server.add_service(HttpProxyService("admin", sock, api, forwarded_headers=False, header_timeout=30.0))
+        self.server.add_service(HttpProxyService("admin", sock, api, forwarded_headers=False, header_timeout=30.0, http2=False))
 
     def _make(self, name: str, cfg: ListenerConfig, sock: socket.socket, channel: socket.socket | None = None) -> Listener:
         config = self.config

@@ -97,6 +97,7 @@ class HttpProxyService:
         self.channel = channel  # least_conn: connections arrive here (SCM_RIGHTS), not by accept
         self.receiver: ConnectionReceiver | Acceptor | None = None  # connections not from create_server
         self.draining = False  # drain() began: connections still arriving get no keep-alive
+        self.adopting: set[asyncio.Task[None]] = set()  # connections not yet served (PROXY header, TLS handshake)
         self.name = name
         self.sock = sock
         self.app = app
@@ -201,25 +202,27 @@ class HttpProxyService:
         from .downstream_h1 import DownstreamH1
 
         async def adopt() -> None:
-            header = None
-            if self.tls is not None and self.accept_proxy and proxy_protocol.required_from(peer, self.proxy_trusted):
-                try:
+            protocol = None
+            try:
+                header = None
+                if self.tls is not None and self.accept_proxy and proxy_protocol.required_from(peer, self.proxy_trusted):
                     header = await read_proxy_header(conn, timeout=self.proxy_header_timeout)
-                except ProxyError as exc:
-                    log.info("%s: client %s: %s; connection closed", self.name, peer, exc.context)
+                _, protocol = await self.loop.connect_accepted_socket(lambda: DownstreamH1(self, header), sock=conn, **self._ssl_options())
+            except ProxyError as exc:
+                log.info("%s: client %s: %s; connection closed", self.name, peer, exc.context)
+            except OSError:  # reset, or a failed or timed-out TLS handshake
+                pass
+            finally:  # also when cancelled by shutdown
+                if protocol is None:
                     conn.close()
                     self.receiver.release()  # type: ignore[union-attr]
-                    return
-            try:
-                _, protocol = await self.loop.connect_accepted_socket(lambda: DownstreamH1(self, header), sock=conn, **self._ssl_options())
-            except OSError:
-                conn.close()
-                self.receiver.release()  # type: ignore[union-attr]
-                return
-            if self.draining:  # sent before the stop: serve its request, keep nothing alive
+            if protocol is not None and self.draining:  # sent before the stop: serve its request, keep nothing alive
                 protocol.shutdown()
 
-        self.loop.create_task(adopt())
+        # until its protocol joins ``connections`` (after the TLS handshake), drain() waits for it here
+        task = self.loop.create_task(adopt())
+        self.adopting.add(task)
+        task.add_done_callback(self.adopting.discard)
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -236,10 +239,12 @@ class HttpProxyService:
             conn.shutdown()
         deadline = self.loop.time() + timeout
         receiver = self.receiver if isinstance(self.receiver, ConnectionReceiver) else None
-        while (self.connections or (receiver is not None and not receiver.finish().done())) and self.loop.time() < deadline:
+        while (self.connections or self.adopting or (receiver is not None and not receiver.finish().done())) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if receiver is not None:
             receiver.close()
+        for task in list(self.adopting):
+            task.cancel()
         for conn in list(self.connections):
             conn.abort()
         if self._sweep is not None:

@@ -16,8 +16,8 @@ from ..net.addr import Address, parse_address
 class Backend:
     """One backend address with its weight and live state.
 
-    ``active`` counts open connections (least_conn / p2c read it; HTTP: requests in
-    flight); ``requests`` and ``failures`` count attempts sent to it and those that failed
+    ``active``: HTTP requests in flight (always counted), TCP connections open (counted
+    for least_conn and p2c, which choose by it); ``requests`` and ``failures`` count attempts sent to it and those that failed
     (connect errors, errors while proxying); ``healthy`` is written by the health checker;
     ``key`` is the stable identity used for hashing.
     """

@@ -227,14 +227,29 @@ class BasicAuthFilter(Filter):
             return user
         if self.refused.get(authorization) is not None:
             return None
-        user = self._verify(authorization)
+        user = self.verify(authorization)
         if user is None:
             self.refused.put(authorization, "")
         else:
             self.verified.put(authorization, user)
         return user
 
-    def _verify(self, authorization: bytes) -> str | None:
+    def cached(self, authorization: bytes) -> tuple[bool, str | None]:
+        """(known, user) from the caches alone: no hashing. Unknown when not seen yet."""
+        if len(authorization) > MAX_AUTHORIZATION:
+            return True, None
+        user = self.verified.get(authorization)
+        if user is not None:
+            return True, user
+        return self.refused.get(authorization) is not None, None
+
+    def remember(self, authorization: bytes, user: str | None) -> None:
+        """Cache a verdict of :meth:`verify` (on the loop's thread: the caches are not locked)."""
+        (self.verified if user is not None else self.refused).put(authorization, user or "")
+
+    def verify(self, authorization: bytes) -> str | None:
+        """Check the credentials against the stored hash (slow by design; no cache; safe to
+        run in a worker thread: bcrypt and PBKDF2 release the GIL)."""
         scheme, _, token = authorization.partition(b" ")
         if scheme.lower() != b"basic":
             return None
