@@ -121,3 +121,47 @@ async def test_fifty_reloads_under_keepalive_traffic_lose_no_request(tmp_path: P
             await o.wait_closed()
     assert failures == []
     assert done > 50
+
+
+async def test_a_rebuilt_listener_closes_its_old_access_log(tmp_path: Path) -> None:
+    """A reload that changes a listener builds it again: the old one's access log (its writer
+    thread and file) is closed once the old listener drained, and the new one writes on."""
+    origin = await start_origin("127.0.0.1", 0, "a")
+    a = origin.sockets[0].getsockname()[1]
+    log_path = tmp_path / "access.log"
+    path = tmp_path / "ferryman.toml"
+
+    def text(timeout: str) -> str:
+        return config_text(1, a, a).replace('protocol = "http"\n', f'protocol = "http"\naccess_log = "{log_path}"\nheader_timeout = "{timeout}"\n', 1)
+
+    path.write_text(text("10s"))
+    gateway = Gateway(load_file(path), path)
+    gateway.bind()
+    server = gateway.make_server()
+    runtime = server.on_reload[0].__self__
+    await server.services[0].start()
+    try:
+        old = runtime.listeners["web"].access_log
+        path.write_text(text("11s"))  # a listener key changed: the listener is built again
+        assert await runtime.reload() is True
+        new = runtime.listeners["web"].access_log
+        assert new is not old
+        for _ in range(200):
+            if old.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert old.closed and not new.closed
+        assert sum(getattr(b, "log", None) is old for b in server.background) == 0
+        client = await Client.open(runtime.listeners["web"].service)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await client.response())[0] == 200
+        await client.close()
+    finally:
+        for service in list(server.services):
+            service.stop_accepting()
+            await service.drain(1.0)
+        for background in server.background:
+            if hasattr(background, "log"):
+                await background.stop()
+        gateway.close()
+        origin.close()

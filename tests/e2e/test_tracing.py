@@ -278,3 +278,18 @@ def test_check_without_the_extra_names_the_table_and_the_pip_command(tmp_path: P
     ok = subprocess.run([sys.executable, "-m", "ferryman", "check", "-c", str(path)], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_export_header_values_are_checked_with_their_path() -> None:
+    from ferryman.config.load import load_text
+    from ferryman.errors import ConfigError
+
+    base = '[tracing]\nendpoint = "http://127.0.0.1:4318/v1/traces"\n'
+    load_text(base + 'headers = { authorization = "Bearer abc" }\n')
+    for bad in ('"""Bearer abc\n"""', '"caf\\u20ac"'):  # a multi-line string's newline; not Latin-1
+        try:
+            load_text(base + f"headers = {{ authorization = {bad} }}\n")
+        except ConfigError as exc:
+            assert "tracing.headers.authorization" in exc.render()
+        else:
+            raise AssertionError(f"{bad} was accepted")

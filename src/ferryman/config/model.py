@@ -447,6 +447,17 @@ def _check_dsn(text: str) -> str:
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _header_value(value: str) -> str:
+    """An HTTP header value: Latin-1, no CR, LF or NUL (a TOML multi-line string ends in one)."""
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("a header value cannot contain CR, LF or NUL")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("a header value must be Latin-1 text") from None
+    return value
+
+
 class TracingConfig(Strict):
     """OpenTelemetry tracing: a span per HTTP request, exported by OTLP/HTTP in batches."""
 
@@ -454,7 +465,7 @@ class TracingConfig(Strict):
     service_name: str = "ferryman"
     sample_ratio: Ratio = 1.0
     parent_based: bool = True  # a client's traceparent decides sampling (its sampled flag)
-    headers: dict[str, str] = {}  # sent with every export (e.g. an API key)
+    headers: dict[str, Annotated[str, AfterValidator(_header_value)]] = {}  # sent with every export (e.g. an API key)
     timeout: PositiveDuration = 10.0
     flush_interval: PositiveDuration = 5.0
     max_batch: int = Field(default=512, ge=1, le=65536)

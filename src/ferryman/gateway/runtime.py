@@ -337,6 +337,10 @@ class Runtime:
         finally:
             if service in self.server.services:
                 self.server.services.remove(service)
+            log_ = listener.access_log
+            if log_ is not None:  # its writer thread, file or syslog socket go with it
+                self.server.background[:] = [b for b in self.server.background if getattr(b, "log", None) is not log_]
+                await asyncio.to_thread(log_.close, 5.0)
 
 
 def _used_upstreams(config: Config, cfg: ListenerConfig, upstreams: dict[str, Upstream]) -> dict[str, Upstream]:

@@ -681,6 +681,11 @@ class AccessLog:
             self._cond.notify()
 
     @property
+    def closed(self) -> bool:
+        """close() was called (and, with a writer thread, that thread has ended)."""
+        return self._closing and (self._thread is None or not self._thread.is_alive())
+
+    @property
     def lost(self) -> int:
         """Lines dropped here or by the syslog sink."""
         return self.dropped + (self.sink.dropped if self.sink is not None else 0)

@@ -358,7 +358,12 @@ class OtlpExporter:
                 self._wake.clear()
                 closing = self._closing
                 while self._queue:
-                    self._export(self._take())
+                    batch = self._take()
+                    try:
+                        self._export(batch)
+                    except Exception:  # the thread must outlive a bad batch (or a bug)
+                        self.dropped += len(batch)
+                        log.exception("tracing: exporting %d spans failed; they are dropped", len(batch))
                 if closing:
                     return
         finally:
