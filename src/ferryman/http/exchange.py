@@ -27,7 +27,7 @@ from ..net.detach import can_detach, detach, pause
 from ..net.pump import PumpStats, SplicePump
 from ..protocol import proxy_protocol
 from ..protocol.h1.events import BodyKind, H1Error, ResponseHead
-from ..protocol.h1.headers import strip_hop_by_hop
+from ..protocol.h1.headers import HOP_BY_HOP, strip_hop_by_hop
 from ..protocol.h1.serializer import chunk, last_chunk, request_head, response_head
 from .session import Session
 from .upstream_h1 import UpstreamH1
@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 BODY_BUFFER_LIMIT = 64 * 1024  # bytes held while the other side is not ready, then pause reading
 TUNNEL_FLUSH_TIMEOUT = 10.0  # seconds for pending bytes to leave before a tunnel moves to splice
 INF = float("inf")
+# request trailer fields never forwarded (see Exchange.on_request_trailers)
+TRAILER_DENY = HOP_BY_HOP | frozenset((
+    b"content-length", b"content-type", b"content-encoding", b"content-range", b"host", b"authorization",
+    b"proxy-authorization", b"cookie", b"forwarded", b"x-real-ip", b"expect", b"max-forwards", b"range",
+    b"cache-control", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
+))
 _CHUNKED = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE = (b"connection", b"close")
 
@@ -335,8 +341,11 @@ class Exchange:
             self.downstream.pause_reading_for(self)
 
     def on_request_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """Downstream protocol callback: the request body's trailers (chunked or h2)."""
-        self.req_trailers = trailers
+        """Downstream protocol callback: the request body's trailers (chunked or h2). Fields
+        a trailer must not carry (framing, routing, credentials, forwarding: RFC 9110
+        6.5.1) are dropped: no filter sees trailers, and some origins merge them into the
+        header section."""
+        self.req_trailers = [(k, v) for k, v in trailers if k not in TRAILER_DENY and not k.startswith(b"x-forwarded-")]
 
     def on_request_end(self) -> None:
         if self.filter_request_body and not self.failed:
