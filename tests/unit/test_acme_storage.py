@@ -35,12 +35,15 @@ def test_directories_are_0700_and_files_0600(tmp_path: Path) -> None:
     assert storage.account("https://ca.test/dir") == {"url": "https://ca.test/acct/1"}
 
 
-def test_a_too_open_existing_directory_is_tightened(tmp_path: Path) -> None:
+def test_an_existing_root_keeps_its_mode_with_a_warning_and_our_folders_are_tightened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "acme"
-    root.mkdir(mode=0o755)
-    os.chmod(root, 0o755)
-    Storage(root).prepare()
-    assert _mode(root) == 0o700
+    (root / "accounts").mkdir(parents=True)
+    os.chmod(root, 0o755)  # e.g. /etc/ferryman, shared with other files
+    os.chmod(root / "accounts", 0o755)
+    with caplog.at_level("WARNING", logger="ferryman.acme.storage"):
+        Storage(root).prepare()
+    assert _mode(root) == 0o755 and "can be entered by other users" in caplog.text
+    assert _mode(root / "accounts") == 0o700 and _mode(root / "certificates") == 0o700
 
 
 def test_accounts_are_kept_apart_per_directory(tmp_path: Path) -> None:

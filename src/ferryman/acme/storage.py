@@ -72,10 +72,21 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o777 != 0o700:
-        path.chmod(0o700)
+def _private_dir(path: Path, *, ours: bool = True) -> None:
+    """Create ``path`` 0700. An existing folder of ours is tightened to 0700; the configured
+    root, which may be shared (e.g. /etc/ferryman), keeps its mode with a warning when
+    others can enter it (what ferryman writes inside is 0700 and 0600 anyway)."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
+        return
+    except FileExistsError:
+        pass
+    if path.stat().st_mode & 0o077:
+        if ours:
+            path.chmod(0o700)
+        else:
+            log.warning("acme: storage %s can be entered by other users; its folders and keys are private, but 0700 is safer", path)
 
 
 def check_storage(root: str) -> str | None:
@@ -96,14 +107,15 @@ def check_storage(root: str) -> str | None:
 
 
 class Storage:
-    """One ``storage`` directory (created 0700 on first use)."""
+    """One ``storage`` directory (created 0700 on first use; its sub-folders always 0700)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def prepare(self) -> None:
-        for sub in ("", "accounts", "certificates", f"challenges/{HTTP01}", f"challenges/{TLS_ALPN01}"):
-            _private_dir(self.root / sub if sub else self.root)
+        _private_dir(self.root, ours=False)
+        for sub in ("accounts", "certificates", f"challenges/{HTTP01}", f"challenges/{TLS_ALPN01}"):
+            _private_dir(self.root / sub)
 
     # certificates --------------------------------------------------------------------------
     def certificate_path(self, name: str) -> Path:

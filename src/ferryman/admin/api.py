@@ -295,7 +295,7 @@ class AdminApi(ProxyHttp):
         for pair in query.split("&"):
             key, _, value = pair.partition("=")
             if key == "since":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     _json(session, 400, {"error": f"since must be an entry id (a non-negative integer), got {value!r}"})
                     return
                 since = int(value)

@@ -147,11 +147,11 @@ class SyslogSink:
         self._retry_at = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))  # a forked worker: its pid, its writer
         if self.target.transport == "tcp":
             self._addr = self._resolve(socket.SOCK_STREAM)
             self._start_writer()
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _restart(ref))  # a forked worker needs its own writer
             return
         if self.target.transport == "udp":
             self._addr = self._resolve(socket.SOCK_DGRAM)
@@ -292,10 +292,16 @@ class SyslogSink:
         return sock
 
 
-def _restart(ref: weakref.ref[SyslogSink]) -> None:
-    """After fork: the child has no writer thread (and maybe a lock held by the parent's)."""
+def _after_fork(ref: weakref.ref[SyslogSink]) -> None:
+    """In a forked worker: lines carry the worker's pid (the framer caches its header), and a
+    TCP sink needs a writer thread of its own (the child has none, and maybe a lock held by
+    the parent's)."""
     sink = ref()
-    if sink is not None and not sink._closed:
+    if sink is None or sink._closed:
+        return
+    sink.framer.pid = os.getpid()
+    sink.framer._second = -1  # build the header again
+    if sink.target.transport == "tcp":
         sink._start_writer()
 
 
