@@ -301,3 +301,24 @@ backends = ["127.0.0.1:1"]
     assert found["server.error_log_syslog"] == 'has no effect unless error_log = "syslog"'
     assert "port from 1 to 65535" in found["listeners.web.access_log_syslog.address"]
     assert "listeners.web.access_log_syslog.facility" in found
+
+
+def test_a_forked_worker_logs_with_its_own_pid(udp: socket.socket) -> None:
+    """The sink is made in the master before the workers fork: each worker's lines must
+    carry the worker's pid, not the master's."""
+    port = udp.getsockname()[1]
+    sink = SyslogSink(f"udp:127.0.0.1:{port}", SyslogFramer("local0", "edge", "rfc3164", hostname="box"))
+    try:
+        sink.send("from the master")
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                sink.send("from the worker")
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        lines = [RFC3164.fullmatch(udp.recv(65536)) for _ in range(2)]
+    finally:
+        sink.close()
+    assert sorted((m[6], int(m[5])) for m in lines) == sorted([(b"from the master", os.getpid()), (b"from the worker", pid)])
