@@ -3,43 +3,29 @@
 Bytes go in through :meth:`H2Endpoint.receive` (h2 events come out, plus :class:`Malformed`)
 and out through :meth:`H2Endpoint.data_to_send`. What this adds to h2:
 
-* RFC 9113 §8.1.1: a malformed request or response (bad or missing pseudo-headers,
-  connection-specific fields, uppercase names, a content-length the DATA frames do not
-  match ...) is a *stream* error: the stream is reset with PROTOCOL_ERROR and the rest of
-  the connection keeps serving (h2 itself would end the whole connection).
+* RFC 9113 §8.1.1: a malformed request or response is a *stream* error (see
+  :mod:`.connection`): the stream is reset with PROTOCOL_ERROR and the rest of the
+  connection keeps serving (h2 itself would end the whole connection).
 * Sending DATA within the peer's flow-control windows and frame size: :meth:`send_data`
   sends what the windows allow and says how much; the caller keeps the rest.
 * Credit: received DATA is never acknowledged automatically; the caller calls :meth:`ack`
   once the bytes were accepted by the other side (see :mod:`.credit`).
+* Speed: the frames every request sends and receives take lean paths (see
+  :mod:`.connection`).
 """
 
 from __future__ import annotations
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated
-from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedError, TooManyStreamsError
+from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+
+from .connection import Connection, Malformed
 
 __all__ = ["PREFACE", "H2ConnectionError", "H2Endpoint", "Malformed", "ErrorCodes"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the client connection preface (RFC 9113 §3.4)
-
-
-class Malformed:
-    """A message RFC 9113 §8.1.1 calls malformed: its stream was reset with PROTOCOL_ERROR
-    (already queued for sending); the connection carries on."""
-
-    __slots__ = ("stream_id", "reason")
-
-    def __init__(self, stream_id: int, reason: str) -> None:
-        self.stream_id = stream_id
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"<Malformed stream_id:{self.stream_id}, reason:{self.reason}>"
 
 
 class H2ConnectionError(Exception):
@@ -56,63 +42,6 @@ class H2ConnectionError(Exception):
         except ValueError:
             name = str(self.code)
         return f"{name}: {self.reason}"
-
-
-class _Connection(H2Connection):
-    """h2's connection, with malformed messages turned into stream errors.
-
-    Validation of a header block happens in the stream, after HPACK decoding (so the
-    decoder's state stays in step) and after the stream was created or found: an error
-    raised from that point on concerns that stream alone."""
-
-    _scope = 0  # the stream a HEADERS frame is being processed for, once it exists
-
-    def _get_or_create_stream(self, stream_id, allowed_ids):  # type: ignore[no-untyped-def]
-        stream = super()._get_or_create_stream(stream_id, allowed_ids)
-        self._scope = stream_id
-        return stream
-
-    def _receive_headers_frame(self, frame):  # type: ignore[no-untyped-def]
-        self._scope = 0
-        try:
-            return super()._receive_headers_frame(frame)
-        except (StreamClosedError, TooManyStreamsError):
-            raise
-        except ProtocolError as exc:
-            if self._scope != frame.stream_id or exc.error_code != ErrorCodes.PROTOCOL_ERROR:
-                raise
-            return self._malformed(frame.stream_id, str(exc), 0)
-
-    def _receive_data_frame(self, frame):  # type: ignore[no-untyped-def]
-        try:
-            return super()._receive_data_frame(frame)
-        except InvalidBodyLengthError as exc:
-            return self._malformed(frame.stream_id, str(exc), frame.flow_controlled_length)
-
-    def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
-        """RFC 9113 §6.8: streams up to the GOAWAY's last stream id may still complete. h2
-        would close its side at once (dropping their responses and our queued frames); here
-        the connection goes on and the caller opens no new stream on it."""
-        event = ConnectionTerminated()
-        event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-    def announce_goaway(self, code: int, last_stream_id: int, reason: bytes) -> None:
-        """A GOAWAY that leaves the connection open: streams up to ``last_stream_id`` go on
-        (h2's close_connection would refuse to send anything more on them)."""
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = last_stream_id
-        frame.error_code = code
-        frame.additional_data = reason
-        self._prepare_for_sending([frame])
-
-    def _malformed(self, stream_id: int, reason: str, consumed: int):  # type: ignore[no-untyped-def]
-        self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
-        if consumed:  # the stream is gone but the connection window still counts these bytes
-            self.acknowledge_received_data(consumed, stream_id)
-        return [], [Malformed(stream_id, reason)]
 
 
 class H2Endpoint:
@@ -142,7 +71,7 @@ class H2Endpoint:
             validate_outbound_headers=False,  # heads we send are built by .headers (lowercase, no hop-by-hop)
             normalize_outbound_headers=False,
         )
-        conn = self.conn = _Connection(config)
+        conn = self.conn = Connection(config)
         self.client = client
         values = {
             SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
@@ -206,7 +135,11 @@ class H2Endpoint:
         conn = self.conn
         size = len(data)
         try:
-            window = conn.local_flow_control_window(stream_id)
+            stream = conn.streams.get(stream_id)
+            if stream is None:
+                window = conn.local_flow_control_window(stream_id)  # raises what h2 raises
+            else:
+                window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
             if size == 0:
                 if end_stream:
                     conn.end_stream(stream_id)

@@ -95,8 +95,20 @@ def response_head(block: list[tuple[bytes, bytes]], end_stream: bool, method: by
     return ResponseHead(status=status, reason=REASONS.get(status, b""), version=VERSION, headers=headers, body=body)
 
 
+_PLAIN: dict[bytes, bool] = {}  # names seen before -> whether they go out as they are
+_PLAIN_LIMIT = 1024
+
+
 def _fields(out: list[tuple[bytes, bytes]], headers: Headers) -> list[tuple[bytes, bytes]]:
-    for name, value in headers:
+    plain = _PLAIN
+    for pair in headers:
+        ok = plain.get(pair[0])
+        if ok:  # the usual case: a lowercase name that HTTP/2 carries
+            out.append(pair)
+            continue
+        name, value = pair
+        if ok is None and len(plain) < _PLAIN_LIMIT:
+            plain[name] = name.islower() and name not in CONNECTION_SPECIFIC and name[:1] != b":"
         if not name.islower():  # names from the parsers are lowercase; a hook's may not be
             name = name.lower()
         if name in CONNECTION_SPECIFIC:
