@@ -35,6 +35,7 @@ from ..protocol.h1.events import BodyKind, ResponseHead
 from ..protocol.h1.headers import strip_hop_by_hop
 from ..protocol.h2 import Credit, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed, request_head, response_block, trailer_block
 from .exchange import Exchange, _drop
+from .h2_send import send_queued
 from .session import Session
 
 if TYPE_CHECKING:
@@ -251,20 +252,7 @@ class H2Stream:
 
     def send_pending(self) -> None:
         """Window opened (or the connection's transport drained): send what waits."""
-        conn = self.conn
-        out = self.out
-        while out and not conn.write_blocked:
-            data = out[0]
-            sent = conn.endpoint.send_data(self.stream_id, data)
-            if sent < 0:
-                out.clear()
-                break
-            if sent < len(data):
-                out[0] = data[sent:]
-                break
-            out.popleft()
-        conn.schedule_flush()
-        if out:
+        if not send_queued(self.conn, self.stream_id, self.out):
             return
         if self.end_after is not None and not self.local_ended:
             trailers, self.end_after = self.end_after, None

@@ -39,6 +39,7 @@ from h2.exceptions import ProtocolError
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..net.tls import TlsOptions
 from ..protocol.h2 import Credit, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed, request_block, response_head, trailer_block
+from .h2_send import send_queued
 
 if TYPE_CHECKING:
     from ..net.connect import Peer
@@ -446,20 +447,7 @@ class UpstreamH2Stream:
 
     def send_pending(self) -> None:
         """The windows opened: send what waits, then resume the request body."""
-        conn = self.conn
-        out = self.out
-        while out and not conn.write_blocked:
-            data = out[0]
-            sent = conn.endpoint.send_data(self.stream_id, data)
-            if sent < 0:
-                out.clear()
-                break
-            if sent < len(data):
-                out[0] = data[sent:]
-                break
-            out.popleft()
-        conn.schedule_flush()
-        if out:
+        if not send_queued(self.conn, self.stream_id, self.out):
             return
         if self.end_after is not None and not self.closed:
             trailers, self.end_after = self.end_after, None
