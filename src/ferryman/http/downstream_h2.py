@@ -79,6 +79,9 @@ class H2Exchange(Exchange):
         if self.resp_ended:
             self._end_response()
 
+    def _send_tail(self, data: bytes) -> None:
+        self.downstream.write(data)
+
     def _write_response_chunk(self, data: bytes) -> None:
         if self.body_filters:
             data = self._filter_body(data, False)
@@ -88,17 +91,8 @@ class H2Exchange(Exchange):
         self.downstream.write(data)
 
     def _end_response(self) -> None:
-        if self.resp_trailers and self.service.has["response_trailer_filter"]:
-            try:
-                self.app.response_trailer_filter(self.session, self.resp_trailers)
-            except Exception as exc:
-                self._hook_failed("response_trailer_filter", exc)
-                return
-        if self.body_filters:
-            tail = self._filter_body(b"", True)
-            if tail:
-                self.session.bytes_sent += len(tail)
-                self.downstream.write(tail)
+        if (self.resp_trailers or self.body_filters) and not self._end_filters():
+            return
         self.downstream.end(self.resp_trailers)
         if not self.done.done():
             self.done.set_result(None)

@@ -574,24 +574,35 @@ class Exchange:
             self.head_future.set_exception(ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context="response ended without a head"))
 
     def _end_response(self) -> None:
+        if (self.resp_trailers or self.body_filters) and not self._end_filters():
+            return
+        if self.resp_mode == "chunked":
+            self.downstream.write(last_chunk(self.resp_trailers))
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _end_filters(self) -> bool:
+        """The response ended: the trailer filter, then the body filters' last bytes (sent
+        with :meth:`_send_tail`). False when a hook failed (the response is abandoned)."""
         if self.resp_trailers and self.service.has["response_trailer_filter"]:
             try:
                 self.app.response_trailer_filter(self.session, self.resp_trailers)
             except Exception as exc:
                 self._hook_failed("response_trailer_filter", exc)
-                return
+                return False
         if self.body_filters:
             tail = self._filter_body(b"", True)
             if tail:
                 self.session.bytes_sent += len(tail)
-                if self.resp_mode == "chunked":
-                    self.downstream.writelines(chunk(tail))
-                else:
-                    self.downstream.write(tail)
+                self._send_tail(tail)
+        return True
+
+    def _send_tail(self, data: bytes) -> None:
+        """Body bytes the filters produced at the end, framed for an HTTP/1.1 client."""
         if self.resp_mode == "chunked":
-            self.downstream.write(last_chunk(self.resp_trailers))
-        if not self.done.done():
-            self.done.set_result(None)
+            self.downstream.writelines(chunk(data))
+        else:
+            self.downstream.write(data)
 
     def on_upstream_error(self, exc: H1Error) -> None:
         self._upstream_failed(ProxyError(ErrorKind.PROTOCOL_ERROR, ErrorSource.UPSTREAM, context=f"{self.session.peer.name}: invalid response: {exc}"))
