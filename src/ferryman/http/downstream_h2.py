@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 FILE_CHUNK = 64 * 1024
 
 
+EARLY_RESET_ALLOWANCE = 100  # streams a client may reset before their response, see count_early_reset
+
+
 class H2Exchange(Exchange):
     """An exchange whose client speaks HTTP/2: the response goes out as frames."""
 
@@ -350,6 +353,8 @@ class H2Stream:
         """The client reset the stream (cancelled): the upstream side is stopped too."""
         self.remote_ended = True
         exchange = self.exchange
+        if not self.local_ended:
+            self.conn.count_early_reset()
         self._gone()
         if exchange is not None:
             exchange.on_downstream_lost()
@@ -372,6 +377,7 @@ class DownstreamH2(asyncio.Protocol):
         self.draining = False  # GOAWAY sent: no new streams, close once the last one ends
         self.write_blocked = False
         self.requests = 0
+        self.early_resets = 0  # streams the client reset before their response ended
         self.deadline = INF  # see net/sweep.py: idle (keep-alive) timeout while no stream is open
         self._flush_scheduled = False
 
@@ -438,6 +444,21 @@ class DownstreamH2(asyncio.Protocol):
                 if not streams:
                     self.close()
         self.flush()
+
+    def count_early_reset(self) -> None:
+        """HTTP/2 "rapid reset" (CVE-2023-44487): a client that opens streams and resets them
+        at once makes the proxy start requests nobody waits for, without ever exceeding the
+        concurrent stream limit. Clients cancel streams legitimately (gRPC deadlines, a
+        browser leaving a page), so the connection ends only when more than
+        ``EARLY_RESET_ALLOWANCE`` streams and more than half of all its streams were reset
+        before their response ended: GOAWAY ENHANCE_YOUR_CALM, then close."""
+        self.early_resets += 1
+        if self.early_resets > EARLY_RESET_ALLOWANCE and self.early_resets * 2 > self.requests and not self.closing:
+            log.warning("%s: client %s: %d of %d HTTP/2 streams reset before their response (rapid reset): connection closed",
+                        self.service.name, self.peer, self.early_resets, self.requests)
+            self.endpoint.goaway(ErrorCodes.ENHANCE_YOUR_CALM, reason=b"too many streams reset")
+            self.flush()
+            self.close()
 
     def _malformed(self, stream_id: int, reason: str) -> None:
         log.info("%s: client %s: malformed HTTP/2 request on stream %d: %s", self.service.name, self.peer, stream_id, reason)

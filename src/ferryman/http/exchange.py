@@ -46,6 +46,7 @@ TRAILER_DENY = HOP_BY_HOP | frozenset((
     b"proxy-authorization", b"cookie", b"forwarded", b"x-real-ip", b"expect", b"max-forwards", b"range",
     b"cache-control", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
 ))
+_CLIENT_GONE = (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET)
 _CHUNKED = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE = (b"connection", b"close")
 
@@ -124,6 +125,10 @@ class Exchange:
 
     async def _phases(self) -> None:
         app, s, svc = self.app, self.session, self.service
+        if self.downstream.closing:  # gone (an HTTP/2 stream reset) before its turn: nothing to do
+            if self.head_future.done():
+                self.head_future.exception()  # the same error, raised here: nobody will await it
+            raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context="client closed the connection")
         connect = s.request.method == b"CONNECT"
         if connect and not svc.allow_connect:
             self.downstream.keep_alive = False
@@ -816,7 +821,9 @@ class Exchange:
     async def _fail(self, error: ProxyError, status: int | None = None) -> None:
         s, svc = self.session, self.service
         if not self.app.suppress_error_log(s, error):
-            log.warning("%s: %s: %s", svc.name, self.app.request_summary(s), error)
+            # a client that went away is its own business (nginx logs its 499 at info)
+            level = logging.INFO if error.source is ErrorSource.DOWNSTREAM and error.kind in _CLIENT_GONE else logging.WARNING
+            log.log(level, "%s: %s: %s", svc.name, self.app.request_summary(s), error)
         if s.response_sent or self.downstream.closing:
             self.downstream.abort()  # a truncated response must not look complete
             return
