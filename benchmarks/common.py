@@ -1,8 +1,10 @@
 """Reusable pieces for the benchmark harnesses: processes, ports, CPU accounting, servers,
 wrk runs, interleaved rounds, reporting and the command-line flow.
 
-Used by ``l4.py`` and ``l7.py``. Standard library only, Linux only (CPU accounting reads
-``/proc``).
+Used by ``l4.py``, ``l7.py`` and ``tls.py``. Standard library only, Linux only (CPU
+accounting reads ``/proc``). Python contenders (ferryman, the floor proxy) run on the
+interpreter ``--python`` names (default: the harness's own); what it is and how it was built
+goes into the report.
 """
 
 from __future__ import annotations
@@ -55,6 +57,145 @@ def tool_version(argv: Sequence[str], pattern: str = r"\d+\.\d+(?:\.\d+)?") -> s
         return "unknown"
     m = re.search(pattern, out.stdout + out.stderr)
     return m.group(0) if m else "unknown"
+
+
+# --------------------------------------------------------------------------- interpreter
+
+# `--python optimized`: the venv `install.sh --with-optimized-python` makes from the
+# distribution's /usr/bin/python3 (Debian/Ubuntu build theirs with PGO and LTO)
+OPTIMIZED_VENV = Path(os.environ.get("FERRYMAN_BENCH_PY_VENV", "/tmp/ferryman-bench-py"))
+OPTIMIZED_HINT = "bash benchmarks/install.sh --with-optimized-python"
+PYTHON_MODULES = ("ferryman", "uvloop", "httptools")  # what the Python contenders import
+
+# run by the interpreter under study (with src on PYTHONPATH): what it is, how it was built
+_PROBE = r"""
+import json, os, platform, sys, sysconfig
+
+def version(name):
+    try:
+        return getattr(__import__(name), "__version__", "?")
+    except Exception:
+        return None
+
+var = sysconfig.get_config_var
+print(json.dumps({
+    "executable": sys.executable,
+    "real_executable": os.path.realpath(sys.executable),
+    "base_executable": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+    "implementation": platform.python_implementation(),
+    "version": platform.python_version(),
+    "sys_version": sys.version,
+    "prefix": sys.prefix,
+    "base_prefix": sys.base_prefix,
+    "config_args": var("CONFIG_ARGS") or "",
+    "cflags_nodist": var("PY_CFLAGS_NODIST") or "",
+    "ldflags_nodist": var("PY_LDFLAGS_NODIST") or "",
+    "modules": {name: version(name) for name in MODULES},
+}))
+""".replace("MODULES", repr(PYTHON_MODULES))
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python that runs ferryman and the floor proxy: ``--python``, else the harness's."""
+
+    path: str
+    explicit: bool = False  # chosen with --python
+
+
+def resolve_python(arg: str | None) -> Interpreter:
+    """``--python`` as an :class:`Interpreter`: None = this one, ``optimized`` = the venv
+    made by ``install.sh --with-optimized-python``, else a path or a name on PATH.
+
+    Raises ValueError saying what to do when it does not exist. A venv's ``python`` is kept
+    as given, not resolved: through the symlink it would lose the venv's site-packages.
+    """
+    if arg is None:
+        return Interpreter(sys.executable)
+    if arg == "optimized":
+        path = OPTIMIZED_VENV / "bin" / "python"
+        if not os.access(path, os.X_OK):
+            raise ValueError(f"--python optimized: no {path}; create it with: {OPTIMIZED_HINT}"
+                             " (or set FERRYMAN_BENCH_PY_VENV to an existing venv)")
+        return Interpreter(str(path), explicit=True)
+    found = arg if os.sep in arg else shutil.which(arg)
+    if not found or not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise ValueError(f"--python {arg}: not an executable interpreter")
+    return Interpreter(os.path.abspath(found), explicit=True)
+
+
+_PROBED: dict[str, dict[str, Any]] = {}
+
+
+def interpreter_info(python: str) -> dict[str, Any]:
+    """What ``python`` is (version, real binary, build flags, module versions) plus
+    ``build``: whether it was built with PGO/LTO, as far as can be told. Memoised; an
+    ``error`` key if it could not be run."""
+    if python not in _PROBED:
+        try:
+            out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True,
+                                 timeout=60, env=ferryman_env(), cwd=REPO_DIR, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            info = {"executable": python, "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            try:
+                info = json.loads(out.stdout)
+                info["build"] = describe_build(info)
+            except (ValueError, KeyError, TypeError):
+                err = out.stderr.strip().splitlines()[-1:] or [f"exit status {out.returncode}"]
+                info = {"executable": python, "error": err[0]}
+        _PROBED[python] = info
+    return _PROBED[python]
+
+
+def describe_build(info: dict[str, Any]) -> str:
+    """'PGO+LTO', 'PGO', 'LTO' or 'no PGO/LTO', and how that is known.
+
+    The configure flags say it for builds made with ``--enable-optimizations`` /
+    ``--with-lto`` (python.org, pyenv with PYTHON_CONFIGURE_OPTS, most standalone builds).
+    Debian and Ubuntu drive PGO and LTO from their packaging instead, so their sysconfig
+    does not show it: a binary owned by their ``pythonX.Y-minimal`` package counts as
+    PGO+LTO, named with the package version.
+    """
+    flags = " ".join((info["config_args"], info["cflags_nodist"], info["ldflags_nodist"]))
+    pgo = "--enable-optimizations" in flags or "-fprofile-use" in flags
+    lto = "--with-lto" in flags or "-flto" in flags
+    if pgo or lto:
+        kind = "+".join(k for k, on in (("PGO", pgo), ("LTO", lto)) if on)
+        return f"{kind} (its configure flags)"
+    package = debian_package(info["base_executable"])
+    if package:
+        return (f"PGO+LTO (Debian/Ubuntu package {package}: built with PGO and LTO by the "
+                "distribution's packaging, which its sysconfig does not show)")
+    return "no PGO/LTO (its configure flags: neither --enable-optimizations nor --with-lto)"
+
+
+def debian_package(binary: str) -> str | None:
+    """'python3.11-minimal 3.11.2-6+deb12u6' if dpkg owns ``binary``, else None."""
+    if not binary.startswith("/usr/bin/") or not find_tool("dpkg-query"):
+        return None
+    try:
+        owner = subprocess.run(["dpkg-query", "-S", binary], capture_output=True, text=True,
+                               timeout=10, check=False).stdout
+        m = re.match(r"(python3[\w.]*-minimal):", owner)  # not -dbg builds
+        if not m:
+            return None
+        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", m.group(1)],
+                                 capture_output=True, text=True, timeout=10,
+                                 check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"{m.group(1)} {version}".strip()
+
+
+def interpreter_summary(info: dict[str, Any]) -> str:
+    """One line for a report: path, version, the binary behind it, the build."""
+    if "error" in info:
+        return f"`{info['executable']}` (could not be run: {info['error']})"
+    real = info["base_executable"]
+    via = "" if real == info["executable"] else f" → {real}"
+    return (f"`{info['executable']}`{via}, {info['implementation']} {info['version']}, "
+            f"{info['build']}")
 
 
 # --------------------------------------------------------------------------- ports
@@ -186,11 +327,13 @@ class ProcessGroup:
     """Owns every service the harness starts and stops them all, by PID, exactly once.
 
     ``stop_all`` runs from ``finally`` blocks and from ``atexit``; SIGTERM/SIGHUP are turned
-    into KeyboardInterrupt so the ``finally`` blocks run for them too.
+    into KeyboardInterrupt so the ``finally`` blocks run for them too. ``python`` is the
+    interpreter the Python services (ferryman, the floor proxy) are started with.
     """
 
     workdir: Path
     services: list[Service] = field(default_factory=list)
+    python: str = sys.executable
 
     def __post_init__(self) -> None:
         atexit.register(self.stop_all)
@@ -328,8 +471,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def machine_info(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Facts needed to compare runs: cores, CPU model, kernel, Python, uvloop (+ ``extra``)."""
+def machine_info(
+    extra: dict[str, str] | None = None, python: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Facts needed to compare runs: cores, CPU model, kernel, Python, uvloop (+ ``extra``).
+
+    Python and uvloop are those of ``python`` (:func:`interpreter_info` of the interpreter
+    that runs ferryman) when given, else the harness's own.
+    """
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -350,7 +499,12 @@ def machine_info(extra: dict[str, str] | None = None) -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "uvloop": uv,
+        "harness_python": sys.executable,
     }
+    if python and "error" not in python:
+        info["python"] = python["version"]
+        info["uvloop"] = python["modules"]["uvloop"] or "not installed"
+        info["httptools"] = python["modules"]["httptools"] or "not installed"
     info.update(extra or {})
     return info
 
@@ -504,23 +658,38 @@ def start_haproxy(group: ProcessGroup, workdir: Path, conf: str) -> Service:
     return group.start("haproxy", [find_tool("haproxy") or "haproxy", "-db", "-f", str(path)])
 
 
+def ferryman_env() -> dict[str, str]:
+    """The environment with the checked-out ``src`` first on PYTHONPATH."""
+    env = dict(os.environ)
+    src = str(REPO_DIR / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def start_ferryman(
     group: ProcessGroup, workdir: Path, toml: str, name: str = "ferryman"
 ) -> Service:
-    """``python -m ferryman run`` on ``toml`` with ``src`` on PYTHONPATH; ``name`` names its
-    config and log files (several instances can run side by side).
+    """``python -m ferryman run`` on ``toml`` with ``src`` on PYTHONPATH, on the group's
+    interpreter; ``name`` names its config and log files (several instances can run side by
+    side).
 
     cwd is the repo root, so ``-m`` finds the checked-out package.
     """
     path = workdir / f"{name}.toml"
     path.write_text(toml)
-    env = dict(os.environ)
-    src = str(REPO_DIR / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return group.start(
-        name, [sys.executable, "-m", "ferryman", "run", "-c", str(path)],
-        env=env, cwd=REPO_DIR,
+        name, [group.python, "-m", "ferryman", "run", "-c", str(path)],
+        env=ferryman_env(), cwd=REPO_DIR,
     )
+
+
+def start_floor_proxy(group: ProcessGroup, port: int, origin: int,
+                      name: str = "python-floor") -> Service:
+    """``benchmarks/floor_proxy.py`` on the group's interpreter: 127.0.0.1:``port`` to the
+    origin on 127.0.0.1:``origin``."""
+    argv = [group.python, str(BENCH_DIR / "floor_proxy.py"),
+            "--listen", f"127.0.0.1:{port}", "--origin", f"127.0.0.1:{origin}"]
+    return group.start(name, argv, cwd=REPO_DIR)
 
 
 def wait_ready(svc: Service, port: int, timeout: float = 15.0) -> None:
@@ -795,15 +964,85 @@ class Comparison:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class CostComparison:
+    """A table of its own across every scenario where both ran: ``name`` against
+    ``reference`` (e.g. ferryman against the Python floor): both rates, their paired ratio,
+    the reference's ratio to ``baseline``, both CPU costs, their paired ratio and paired
+    difference (what ``name`` spends above ``reference`` per unit)."""
+
+    title: str
+    name: str
+    reference: str
+    baseline: str = "nginx"
+    notes: tuple[str, ...] = ()
+
+
+def per_round(
+    records: list[dict[str, Any]], scenario: str, name: str, rounds: int,
+    value: Callable[[dict[str, Any]], float | None],
+) -> list[float | None]:
+    """``value(record)`` of ``name`` in ``scenario`` for rounds 1..rounds (None: no record)."""
+    by_round = {r["round"]: r for r in records
+                if r["scenario"] == scenario and r["contender"] == name}
+    return [value(by_round[k]) if k in by_round else None for k in range(1, rounds + 1)]
+
+
+def cost_table(
+    records: list[dict[str, Any]],
+    cmp: CostComparison,
+    scenarios: dict[str, Scenario],
+    rounds: int,
+) -> str:
+    """The ``###`` section of ``cmp``: one row per scenario where both sides were measured."""
+    a, b, base = cmp.name, cmp.reference, cmp.baseline
+    measured = {(r["scenario"], r["contender"]) for r in records}
+    names = [s for s in scenarios if {(s, a), (s, b)} <= measured]
+    if not names:
+        return ""
+    units = {(scenarios[s].unit, scenarios[s].cpu_unit) for s in names}
+    unit, cpu_unit = next(iter(units)) if len(units) == 1 else ("", "CPU")
+    with_base = any((s, base) in measured for s in names)
+    rows = []
+    for s in names:
+        sc = scenarios[s]
+        rate = {n: per_round(records, s, n, rounds, lambda r: r["value"]) for n in (a, b, base)}
+        cpu = {n: per_round(records, s, n, rounds, lambda r, sc=sc: cpu_per_unit(r, sc))
+               for n in (a, b)}
+        above = [x - y for x, y in zip(cpu[a], cpu[b]) if x is not None and y is not None]
+        label = s if len(units) == 1 else f"{s} ({sc.unit}; {sc.cpu_unit})"
+        rows.append([
+            label,
+            fmt_num(median(rate[a])), fmt_num(median(rate[b])),
+            fmt_ratio(paired_ratio(rate, a, b)),
+            *([fmt_ratio(paired_ratio(rate, b, base))] if with_base else []),
+            fmt_num(median(cpu[a])), fmt_num(median(cpu[b])),
+            fmt_ratio(paired_ratio(cpu, a, b)),
+            fmt_num(median(above)),
+        ])
+    headers = ["scenario", f"{a} {unit}".strip(), f"{b} {unit}".strip(), f"{a} vs {b}",
+               *([f"{b} vs {base}"] if with_base else []),
+               f"{a} {cpu_unit}", f"{b} {cpu_unit}", f"{a} CPU vs {b}",
+               f"{a} {cpu_unit} above {b}"]
+    notes = "".join(f"- {n}\n" for n in cmp.notes)
+    return (f"### {cmp.title}\n\n{notes}{chr(10) if notes else ''}"
+            f"{markdown_table(headers, rows)}\n")
+
+
 def comparison_tables(
     records: list[dict[str, Any]],
-    comparisons: Iterable[Comparison],
+    comparisons: Iterable[Comparison | CostComparison],
     scenarios: dict[str, Scenario],
     rounds: int,
 ) -> str:
     """A ``###`` table per comparison whose two contenders were both measured ('' if none)."""
     parts = []
     for cmp in comparisons:
+        if isinstance(cmp, CostComparison):
+            table = cost_table(records, cmp, scenarios, rounds)
+            if table:
+                parts.append(table)
+            continue
         measured = {r["contender"] for r in records if r["scenario"] == cmp.scenario}
         if cmp.scenario not in scenarios or not {cmp.name, cmp.reference} <= measured:
             continue
@@ -838,14 +1077,25 @@ class Harness:
     # origin cannot start. Contenders that do not work are returned with ``failed`` set.
     start: Callable[[ProcessGroup, Path, list[str]], tuple[list[Contender], list[Service]]]
     measure: Measure
-    check: Callable[[list[str]], str | None] = lambda names: None  # why it cannot run, or None
+    # why the contenders cannot run here on this interpreter, or None
+    check: Callable[[list[str], Interpreter], str | None] = lambda names, python: None
     notes: tuple[str, ...] = ()  # printed under the banner and listed in RESULTS.md
     meta: dict[str, Any] = field(default_factory=dict)  # extra facts for the raw JSON
     # contenders run only when asked for (--with-NAME or --contenders): name -> help text
     optional: dict[str, str] = field(default_factory=dict)
-    comparisons: tuple[Comparison, ...] = ()  # extra tables, shown when both sides ran
-    # versions of tools the requested contenders need beyond ``tools``: names -> {tool: version}
-    extra_versions: Callable[[list[str]], dict[str, str]] = lambda names: {}
+    # an optional contender's flag when it is not --with-NAME: name -> flag suffix
+    optional_flags: dict[str, str] = field(default_factory=dict)
+    # extra tables, shown when both sides ran
+    comparisons: tuple[Comparison | CostComparison, ...] = ()
+    # versions of tools the requested contenders need beyond ``tools``:
+    # (names, interpreter) -> {tool: version}
+    extra_versions: Callable[[list[str], Interpreter], dict[str, str]] = (
+        lambda names, python: {})
+
+
+def on_python(name: str) -> bool:
+    """Whether contender ``name`` runs on the chosen interpreter (ferryman*, python-*)."""
+    return name.startswith(("ferryman", "python-"))
 
 
 def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
@@ -858,8 +1108,13 @@ def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--contenders", default=",".join(h.contenders),
                    help=f"comma-separated subset of {','.join(allowed)}")
     for name, text in h.optional.items():
-        p.add_argument(f"--with-{name}", action="append_const", const=name, dest="extra",
-                       help=f"also run {name}: {text}")
+        p.add_argument(f"--with-{h.optional_flags.get(name, name)}", action="append_const",
+                       const=name, dest="extra", help=f"also run {name}: {text}")
+    p.add_argument("--python", metavar="PATH",
+                   help="the interpreter that runs the Python contenders (ferryman; l7.py's "
+                        "python-floor): a path, a name on PATH, or 'optimized' = $FERRYMAN_BENCH_PY_VENV/bin/python (default "
+                        f"{OPTIMIZED_VENV}), a venv of the distribution's PGO+LTO python3 made "
+                        f"by `{OPTIMIZED_HINT}`; default: the one running this script")
     p.add_argument("--scenarios", default=",".join(h.scenarios),
                    help=f"comma-separated subset of {','.join(h.scenarios)}")
     p.add_argument("--write-results", action="store_true",
@@ -873,6 +1128,10 @@ def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = split_choice(p, args.scenarios, tuple(h.scenarios), "--scenarios")
     if args.rounds < 1 or args.duration <= 0:
         p.error("--rounds must be >= 1 and --duration > 0")
+    try:
+        args.python = resolve_python(args.python)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -886,8 +1145,9 @@ def split_choice(
     return list(dict.fromkeys(names))
 
 
-def preflight(h: Harness, names: list[str]) -> str | None:
-    """Why this run cannot start (missing tools, ferryman not runnable, ...), or None."""
+def preflight(h: Harness, names: list[str], python: Interpreter) -> str | None:
+    """Why this run cannot start (missing tools, ferryman not runnable, an interpreter without
+    the modules, ...), or None."""
     missing = missing_tools(h.tools)
     if missing:
         return f"missing tools: {', '.join(missing)}\ninstall with: {h.install_hint}"
@@ -896,13 +1156,30 @@ def preflight(h: Harness, names: list[str]) -> str | None:
         others = ",".join(n for n in h.contenders if not n.startswith("ferryman"))
         return ("ferryman is not runnable yet (no src/ferryman/__main__.py); "
                 f"try --contenders {others}")
-    return h.check(names)
+    needs = {m for n in names if on_python(n)
+             for m in (PYTHON_MODULES if n.startswith("ferryman") else PYTHON_MODULES[1:])}
+    if needs:
+        info = interpreter_info(python.path)
+        if "error" in info:
+            return f"interpreter {python.path} cannot be run: {info['error']}"
+        missing = sorted(m for m in needs if info["modules"].get(m) is None)
+        if missing:
+            return (f"interpreter {python.path} cannot import {', '.join(missing)}; install "
+                    f"the project into it: {python.path} -m pip install -e {REPO_DIR}"
+                    f"\n(for --python optimized: {OPTIMIZED_HINT})")
+    return h.check(names, python)
 
 
 def results_section(h: Harness, meta: dict[str, Any], tables: str, json_path: Path) -> str:
     m = meta["machine"]
     versions = ", ".join(f"{t} {m[t]}" for t in (*h.tools, *meta.get("extra_tools", ())))
     notes = "".join(f"- {n}\n" for n in h.notes)
+    on_py = [n for n in meta["contenders"] if on_python(n)]
+    interp = meta.get("interpreter", {})
+    interp_line = "" if not on_py or not interp else (
+        f"- Interpreter ({', '.join(on_py)}): {interpreter_summary(interp)}"
+        + ("" if "error" in interp else
+           f"; uvloop {m['uvloop']}, httptools {m.get('httptools', '?')}") + ".\n")
     return f"""{h.heading} — {today()}
 
 - Command: `{meta['command']}`
@@ -913,7 +1190,7 @@ def results_section(h: Harness, meta: dict[str, Any], tables: str, json_path: Pa
   proxy share these cores.
 - Versions: {versions},
   Python {m['python']}, uvloop {m['uvloop']}.
-- Contenders: {', '.join(meta['contenders'])}; each proxy runs 1 worker process/thread.
+{interp_line}- Contenders: {', '.join(meta['contenders'])}; each proxy runs 1 worker process/thread.
 {notes}- Raw data: `{json_path.relative_to(REPO_DIR)}` (not committed).
 
 {tables}"""
@@ -925,7 +1202,8 @@ def main(h: Harness, argv: list[str] | None = None) -> int:
     Exit status: 0 all measured, 1 a measurement or contender failed, 2 cannot run here.
     """
     args = parse_args(h, argv)
-    problem = preflight(h, args.contenders)
+    python: Interpreter = args.python
+    problem = preflight(h, args.contenders, python)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -938,19 +1216,25 @@ def main(h: Harness, argv: list[str] | None = None) -> int:
         "scenarios": args.scenarios,
         **h.meta,
     }
-    extra = h.extra_versions(args.contenders)
+    interp = interpreter_info(python.path)
+    meta["interpreter"] = {**interp, "explicit": python.explicit}
+    extra = h.extra_versions(args.contenders, python)
     meta["extra_tools"] = list(extra)
     meta["machine"] = machine_info({
         **{t: tool_version([find_tool(t) or t, "-v"]) for t in h.tools},
         **extra,
-    })
+    }, interp)
     m = meta["machine"]
     print(f"{h.title}: {args.rounds} round(s) × {args.duration} s; contenders "
           f"{','.join(args.contenders)}; {m['nproc']} cores, kernel {m['kernel']}", flush=True)
+    if any(on_python(n) for n in args.contenders):
+        print(f"  interpreter: {interpreter_summary(interp)}", flush=True)
+    for tool in extra:
+        print(f"  {tool}: {extra[tool]}", flush=True)
     for note in h.notes:
         print(f"  {note}", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"ferryman-{h.name}-") as tmp:
-        group = ProcessGroup(Path(tmp))
+        group = ProcessGroup(Path(tmp), python=python.path)
         try:
             contenders, origin_services = h.start(group, Path(tmp), args.contenders)
             records = run_rounds(

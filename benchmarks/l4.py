@@ -4,7 +4,7 @@
 One command, from the repo root::
 
     python benchmarks/l4.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
-                            [--write-results]
+                            [--python PATH|optimized] [--write-results]
 
 An nginx origin (``/small``, ~100-byte body) and an ``iperf3 -s`` server run for the whole
 benchmark; every contender is a TCP forwarder with one listener per origin port. Rounds are
@@ -30,6 +30,7 @@ from common import (
     SMALL_BODY,
     Contender,
     Harness,
+    Interpreter,
     ProcessGroup,
     Scenario,
     Service,
@@ -95,7 +96,7 @@ def nginx_stream_module(nginx: str) -> str | None:
     return None
 
 
-def check(names: list[str]) -> str | None:
+def check(names: list[str], python: Interpreter) -> str | None:
     if "nginx-stream" in names and nginx_stream_module(find_tool("nginx") or "nginx") is None:
         return f"nginx has no stream module\ninstall with: {INSTALL_HINT}"
     return None

@@ -4,7 +4,8 @@
 One command, from the repo root::
 
     python benchmarks/l7.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
-                            [--scenarios a,b] [--with-mitmproxy] [--write-results]
+                            [--scenarios a,b] [--with-floor] [--with-mitmproxy]
+                            [--python PATH|optimized] [--write-results]
 
 An nginx origin serves ``/small`` (100-byte body) and ``/1m`` (a 1 MiB file) for the whole
 benchmark; every contender is a reverse proxy with one worker and a keep-alive pool to the
@@ -16,7 +17,13 @@ the connections it accepted and the share of requests that came on a reused conn
 
 Two contenders run in small-keepalive only: ``ferryman-routes`` (the config-driven gateway
 with three routes and a ``headers`` filter, against the single-upstream ``ferryman``) and,
-with ``--with-mitmproxy``, ``mitmdump`` in reverse mode.
+with ``--with-mitmproxy``, ``mitmdump`` in reverse mode, on ferryman's interpreter.
+
+With ``--with-floor``, ``python-floor`` (``floor_proxy.py``: the least a Python proxy spends
+per request on this interpreter) runs in every scenario, on ferryman's interpreter, and gets
+a table of its own: how much ferryman costs above that floor, and how far the floor is from
+nginx. ``--python`` chooses that interpreter (``optimized``: the distribution's PGO+LTO build,
+see ``install.sh --with-optimized-python``).
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # imported after the sys.path tweak that makes it importable
 from common import (
+    OPTIMIZED_VENV,
     SMALL_BODY,
     Comparison,
     Contender,
+    CostComparison,
     Harness,
+    Interpreter,
     ProcessGroup,
     Scenario,
     Service,
@@ -46,11 +56,13 @@ from common import (
     free_ports,
     http_get,
     http_get_full,
+    interpreter_info,
     nginx_http_block,
     nginx_main_block,
     run_wrk,
     settle_contenders,
     start_ferryman,
+    start_floor_proxy,
     start_haproxy,
     start_nginx,
     start_origin_nginx,
@@ -64,8 +76,12 @@ INSTALL_HINT = "apt-get install -y nginx haproxy wrk   (or: bash benchmarks/inst
 LARGE_BODY = bytes(range(256)) * 4096  # 1 MiB, served at /1m
 EXPECTED = {"/small": SMALL_BODY.encode(), "/1m": LARGE_BODY}
 STATUS_PATH = "/__origin_status"  # the origin's stub_status (connection and request counters)
-# mitmdump: $MITMDUMP, else on PATH, else the venv `install.sh --with-mitmproxy` creates
+# mitmdump: $MITMDUMP, else the one on PATH or in the venvs `install.sh --with-mitmproxy`
+# creates (of python3; with --with-optimized-python, of /usr/bin/python3) whose interpreter is
+# ferryman's
 MITM_VENV = Path(os.environ.get("MITMPROXY_VENV", "/tmp/ferryman-bench-mitmproxy"))
+MITM_OPTIMIZED_VENV = Path(
+    os.environ.get("MITMPROXY_OPTIMIZED_VENV", "/tmp/ferryman-bench-mitmproxy-optimized"))
 MITM_HINT = "bash benchmarks/install.sh --with-mitmproxy   (a venv of its own: its pins " \
     "conflict with ferryman's dependencies)"
 # contenders measured in one scenario only, for one comparison
@@ -105,7 +121,8 @@ NOTES = (
         "Proxies: nginx `proxy_pass` to an `upstream` with `keepalive 64`, HTTP/1.1, "
         "`proxy_buffering on`; haproxy `mode http`, `http-reuse always`; ferryman one http "
         "listener, one upstream (`upstream = ...`); ferryman-routes (small-keepalive only) the "
-        "same listener with `routes = [...]`, see its table. MB/s is wrk's bytes read "
+        "same listener with `routes = [...]`, see its table; python-floor (--with-floor) "
+        "`benchmarks/floor_proxy.py`, see its table. MB/s is wrk's bytes read "
         "(headers included)."
     ),
     (
@@ -123,8 +140,8 @@ ROUTES_NOTE = (
 MITM_NOTE = (
     "mitmproxy: `mitmdump --mode reverse:http://127.0.0.1:ORIGIN --listen-host 127.0.0.1 "
     "--listen-port PORT -q --set confdir=TMP` (in a venv of its own, "
-    "`bash benchmarks/install.sh --with-mitmproxy`); only with `--with-mitmproxy`. "
-    "Issue target: ferryman ≥ 20x mitmproxy."
+    "`bash benchmarks/install.sh --with-mitmproxy`, of ferryman's interpreter: see the "
+    "Versions line); only with `--with-mitmproxy`. Issue target: ferryman ≥ 20x mitmproxy."
 )
 WORKERS_NOTE = (
     "ferryman-2w: `[server] workers = 2`, the listener `balance = \"kernel\"` (one SO_REUSEPORT "
@@ -132,7 +149,18 @@ WORKERS_NOTE = (
     "--with-nginx-2w. Issue target: ferryman-2w ≥ 1.0x nginx-2w. wrk, the origin and the "
     "proxies share the machine's 2 cores."
 )
+FLOOR_NOTE = (
+    "python-floor: `benchmarks/floor_proxy.py` on ferryman's interpreter, only with "
+    "`--with-floor`: uvloop, asyncio Protocols, httptools request and response parsers, one "
+    "LIFO keep-alive pool to the origin, response bytes passed through as received; no hooks, "
+    "routing, filters, timeouts, logging or validation beyond llhttp's. It is the floor of a "
+    "Python proxy on this interpreter, not a product: `ferryman CPU µs/req above python-floor` is "
+    "what ferryman's features cost per request above it, `python-floor vs nginx` how close "
+    "any Python proxy on this interpreter can come to nginx."
+)
 COMPARISONS = (
+    CostComparison("ferryman vs the Python floor", "ferryman", "python-floor", "nginx",
+                   (FLOOR_NOTE,)),
     Comparison("product gateway: routes + headers filter vs one upstream", "small-keepalive",
                "ferryman-routes", "ferryman", (ROUTES_NOTE,)),
     Comparison("ferryman vs mitmproxy (reverse mode)", "small-keepalive", "ferryman",
@@ -262,17 +290,69 @@ def start_ferryman_routes(group: ProcessGroup, workdir: Path, origin: int) -> Co
     return Contender("ferryman-routes", port, [svc], scenarios=ONLY_SMALL)
 
 
-def mitmdump_path() -> str | None:
-    """$MITMDUMP, a ``mitmdump`` on PATH, or the one in the benchmark venv."""
+def start_python_floor(group: ProcessGroup, origin: int) -> Contender:
+    (port,) = free_ports(1)
+    return Contender("python-floor", port, [start_floor_proxy(group, port, origin)])
+
+
+def mitmdump_found() -> list[str]:
+    """Every mitmdump there is: on PATH and in the two venvs ``install.sh`` makes."""
+    paths = [find_tool("mitmdump"),
+             *(str(venv / "bin" / "mitmdump") for venv in (MITM_VENV, MITM_OPTIMIZED_VENV))]
+    return list(dict.fromkeys(p for p in paths if p and os.access(p, os.X_OK)))
+
+
+def script_python(script: str) -> str | None:
+    """The interpreter of a pip-installed console script, from its ``#!`` line."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    words = first[2:].decode(errors="replace").split() if first.startswith(b"#!") else []
+    return words[0] if words and "python" in Path(words[0]).name else None
+
+
+def same_interpreter(a: str | None, b: str) -> bool:
+    """Whether interpreters ``a`` and ``b`` run the same binary (venvs seen through)."""
+    if a is None:
+        return False
+    ia, ib = interpreter_info(a), interpreter_info(b)
+    return "error" not in ia and "error" not in ib and \
+        ia["base_executable"] == ib["base_executable"]
+
+
+def choose_mitmdump(python: Interpreter) -> tuple[str | None, str | None]:
+    """(mitmdump, None) or (None, why not). $MITMDUMP if set; else the first mitmdump whose
+    interpreter is ferryman's; else, if ``--python`` was not given, the first found.
+
+    With ``--python``, mitmproxy and ferryman must run on the same interpreter: the CPU a
+    Python proxy spends depends a lot on the CPython build.
+    """
     if os.environ.get("MITMDUMP"):
-        return os.environ["MITMDUMP"]
-    venv = MITM_VENV / "bin" / "mitmdump"
-    return find_tool("mitmdump") or (str(venv) if venv.exists() else None)
+        return os.environ["MITMDUMP"], None
+    found = mitmdump_found()
+    for path in found:
+        if same_interpreter(script_python(path), python.path):
+            return path, None
+    if found and not python.explicit:
+        return found[0], None
+    if Path(python.path) == OPTIMIZED_VENV / "bin" / "python":
+        hint = "bash benchmarks/install.sh --with-optimized-python --with-mitmproxy"
+    else:
+        hint = (f"PYTHON={python.path} MITMPROXY_VENV=DIR bash benchmarks/install.sh "
+                "--with-mitmproxy, then run with the same MITMPROXY_VENV (or set MITMDUMP)")
+    seen = ", ".join(f"{p} ({script_python(p) or 'interpreter unknown'})" for p in found)
+    return None, (f"mitmproxy requested but no mitmdump runs on ferryman's interpreter "
+                  f"{python.path}{' (found: ' + seen + ')' if seen else ''}\n"
+                  f"install with: {hint}")
 
 
 def start_mitmproxy(group: ProcessGroup, workdir: Path, origin: int) -> Contender:
     (port,) = free_ports(1)
-    argv = [mitmdump_path() or "mitmdump", "--mode", f"reverse:http://127.0.0.1:{origin}",
+    # check() refused an explicit --python without a matching mitmdump: same choice here
+    mitmdump, _ = choose_mitmdump(Interpreter(group.python))
+    argv = [mitmdump or "mitmdump", "--mode", f"reverse:http://127.0.0.1:{origin}",
             "--listen-host", "127.0.0.1", "--listen-port", str(port), "-q",
             "--set", f"confdir={workdir / 'mitmproxy'}"]  # its CA files stay in the temp dir
     return Contender("mitmproxy", port, [group.start("mitmproxy", argv)], scenarios=ONLY_SMALL)
@@ -334,6 +414,7 @@ def start(
         "ferryman": lambda: start_ferryman_http(group, workdir, origin_port),
         "ferryman-routes": lambda: start_ferryman_routes(group, workdir, origin_port),
         "mitmproxy": lambda: start_mitmproxy(group, workdir, origin_port),
+        "python-floor": lambda: start_python_floor(group, origin_port),
         "ferryman-2w": lambda: start_ferryman_workers(group, workdir, origin_port, 2),
         "nginx-2w": lambda: start_nginx_proxy(group, workdir, origin_port, 2),
     }
@@ -374,17 +455,32 @@ def reuse(new_conns: int, requests: int) -> float | None:
     return max(0.0, 1 - new_conns / requests) if requests > 0 else None
 
 
-def check(names: list[str]) -> str | None:
-    """Why the requested contenders cannot run here (mitmdump missing), or None."""
-    if "mitmproxy" in names and mitmdump_path() is None:
+def check(names: list[str], python: Interpreter) -> str | None:
+    """Why the requested contenders cannot run here (no mitmdump on ferryman's
+    interpreter), or None."""
+    if "mitmproxy" not in names:
+        return None
+    mitmdump, problem = choose_mitmdump(python)
+    if mitmdump is None and problem is None:
         return f"mitmproxy requested but no mitmdump found\ninstall with: {MITM_HINT}"
-    return None
+    return problem
 
 
-def extra_versions(names: list[str]) -> dict[str, str]:
+def extra_versions(names: list[str], python: Interpreter) -> dict[str, str]:
+    """mitmproxy's version and the interpreter its mitmdump runs on."""
     if "mitmproxy" not in names:
         return {}
-    return {"mitmproxy": tool_version([mitmdump_path() or "mitmdump", "--version"])}
+    mitmdump = choose_mitmdump(python)[0] or "mitmdump"
+    version = tool_version([mitmdump, "--version"])
+    py = script_python(mitmdump)
+    info = interpreter_info(py) if py else {"error": "no #! line"}
+    if "error" in info:
+        return {"mitmproxy": f"{version} (`{mitmdump}`, its interpreter unknown)"}
+    same = same_interpreter(py, python.path)
+    return {"mitmproxy": (
+        f"{version} (`{mitmdump}` on {info['base_executable']}, {info['implementation']} "
+        f"{info['version']}: "
+        f"{'the same interpreter as ferryman' if same else 'NOT the interpreter of ferryman'})")}
 
 
 HARNESS = Harness(
@@ -405,7 +501,10 @@ HARNESS = Harness(
         "mitmproxy": "mitmdump in reverse mode, small-keepalive only",
         "ferryman-2w": "ferryman with 2 workers (reuseport balancing), small-keepalive only",
         "nginx-2w": "nginx with 2 worker processes, small-keepalive only",
+        "python-floor": "benchmarks/floor_proxy.py, the floor of a Python proxy on ferryman's "
+                        "interpreter, in every scenario",
     },
+    optional_flags={"python-floor": "floor"},
     comparisons=COMPARISONS,
     extra_versions=extra_versions,
 )

@@ -4,7 +4,7 @@
 One command, from the repo root::
 
     python benchmarks/tls.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
-                             [--scenarios a,b] [--write-results]
+                             [--scenarios a,b] [--python PATH|optimized] [--write-results]
 
 An nginx origin serves ``/small`` over plain HTTP/1.1; every contender terminates TLS (one
 ECDSA P-256 certificate, made for the run; TLS 1.2/1.3 with each server's default ciphers)

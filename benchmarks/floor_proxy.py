@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""The floor of a Python HTTP/1.1 reverse proxy on this interpreter: a benchmark tool, not a
+product.
+
+It exists so the benchmark tables show how far ferryman's features cost above what any
+Python proxy built on the same parts must spend: uvloop, asyncio Protocols, httptools
+(llhttp) request and response parsers and one keep-alive upstream pool (a LIFO list of idle
+upstream connections). No hooks, no routing, no filters, no timeouts, no logging, no
+validation beyond llhttp's; nothing is printed per request.
+
+What it does, and no more than the benchmark needs:
+
+- request heads are rebuilt from the parsed method, URL and header lines (copied as received,
+  except ``Connection``/``Keep-Alive``: the upstream connection is always kept alive);
+  request bodies are streamed (chunked ones re-chunked, trailers dropped);
+- response bytes are passed through as received (content-length, chunked, read-until-close);
+  the parser only finds where a response ends;
+- a client that asked for ``Connection: close`` (or spoke HTTP/1.0 without keep-alive) gets
+  ``Connection: close`` in the response head and is closed after it; a response that says
+  ``close`` closes the client too and its upstream connection is not pooled;
+- pipelined requests wait (client reading paused) until the response before them is done;
+- HEAD, CONNECT and upgrades are answered 501: a pass-through parser cannot frame them.
+
+Usage::
+
+    python benchmarks/floor_proxy.py --listen 127.0.0.1:8080 --origin 127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import sys
+
+import httptools
+import uvloop
+
+HOP = frozenset((b"connection", b"keep-alive"))
+CONN_LINES = re.compile(rb"\r\n(?:connection|keep-alive):[^\r\n]*", re.IGNORECASE)
+BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+NOT_IMPLEMENTED = (
+    b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
+MAX_IDLE = 1024  # idle upstream connections kept
+
+
+class Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that was answered 501."""
+
+
+class Pool:
+    """Idle upstream connections to one origin, most recently used first out."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        self.loop, self.host, self.port = loop, host, port
+        self.idle: list[Upstream] = []
+
+    def take(self) -> Upstream | None:
+        while self.idle:
+            up = self.idle.pop()
+            if not up.closed:
+                return up
+        return None
+
+    def put(self, up: Upstream) -> None:
+        if up.closed or len(self.idle) >= MAX_IDLE:
+            up.transport.close()
+        else:
+            self.idle.append(up)
+
+
+class Upstream(asyncio.Protocol):
+    """One connection to the origin; serves one client request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: Client | None = None
+        self.closed = False
+        self.done = False  # the current response is complete
+        self.keep_alive = True
+        self.sent = False  # bytes of the current response went to the client
+        self.rewrite: bytes | None = None  # head being buffered to add `Connection: close`
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def attach(self, client: Client) -> None:
+        self.client, self.done, self.sent = client, False, False
+        self.rewrite = b"" if client.close_after else None
+        if client.write_paused:
+            self.transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:  # nothing asked: the origin is out of step
+            self.transport.close()
+            return
+        out = data if self.rewrite is None else self.rewrite_head(data)
+        if out:
+            client.transport.write(out)
+            self.sent = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.client = None
+            self.transport.close()
+            client.lost_upstream(self.sent)
+            return
+        if self.done:
+            self.client = None
+            client.response_done(self, self.keep_alive)
+
+    def rewrite_head(self, data: bytes) -> bytes:
+        """Buffer the response head until complete; then its ``Connection`` lines replaced."""
+        head = self.rewrite + data  # type: ignore[operator]
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            self.rewrite = head
+            return b""
+        self.rewrite = None
+        return CONN_LINES.sub(b"", head[:end]) + b"\r\nConnection: close\r\n\r\n" + head[end + 4 :]
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() >= 200:  # a 1xx is followed by the final response
+            self.done = True
+            self.keep_alive = self.parser.should_keep_alive()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        client, self.client = self.client, None
+        if client is not None:  # mid-response: its end (read-until-close) or a failure
+            client.lost_upstream(self.sent)
+
+
+class Client(asyncio.Protocol):
+    """One client connection: parses its requests and hands each to an upstream connection."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.up: Upstream | None = None  # serving the request in flight
+        self.busy = False  # a request is in flight (its response not complete)
+        self.pending: list[bytes] = []  # request bytes waiting for a new upstream connection
+        self.waiting: list[tuple[bool, list[bytes]]] = []  # pipelined: (close_after, bytes)
+        self.url = b""
+        self.headers: list[bytes] = []
+        self.chunked = False
+        self.close_after = False  # close after the response in flight
+        self.write_paused = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:  # also what on_headers_complete raises to refuse
+            self.fail(BAD_REQUEST)
+
+    # ------------------------------------------------------------------ request parsing
+
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.chunked = b"", [], False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in HOP:
+            return
+        if lname == b"transfer-encoding" and b"chunked" in value.lower():
+            self.chunked = True
+        self.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        method = self.parser.get_method()
+        if method == b"HEAD" or self.parser.should_upgrade():  # CONNECT or Upgrade
+            self.fail(NOT_IMPLEMENTED)
+            raise Refused(method.decode("latin-1"))
+        head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, self.url, b"".join(self.headers))
+        close_after = not self.parser.should_keep_alive()
+        if self.busy or self.waiting:  # pipelined behind the request in flight
+            self.waiting.append((close_after, [head]))
+            self.transport.pause_reading()
+        else:
+            self.dispatch(close_after, [head])
+
+    def on_body(self, body: bytes) -> None:
+        if self.chunked:
+            body = b"%x\r\n%s\r\n" % (len(body), body)
+        self.send(body)
+
+    def on_message_complete(self) -> None:
+        if self.chunked:
+            self.send(b"0\r\n\r\n")
+
+    def send(self, data: bytes) -> None:
+        """Request bytes of the message being parsed: to its upstream, or queued."""
+        if self.waiting:
+            self.waiting[-1][1].append(data)
+        elif self.up is not None:
+            self.up.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    # ------------------------------------------------------------------ upstream side
+
+    def dispatch(self, close_after: bool, data: list[bytes]) -> None:
+        self.busy, self.close_after = True, close_after
+        up = self.pool.take()
+        if up is None:
+            self.pending = data
+            self.pool.loop.create_task(self.connect())
+        else:
+            self.up = up
+            up.attach(self)
+            up.transport.writelines(data)
+
+    async def connect(self) -> None:
+        try:
+            _, up = await self.pool.loop.create_connection(
+                lambda: Upstream(self.pool), self.pool.host, self.pool.port
+            )
+        except OSError:
+            self.fail(BAD_GATEWAY)
+            return
+        if self.closed:  # the client left meanwhile: the fresh connection is still clean
+            self.pool.put(up)
+            return
+        self.up = up
+        up.attach(self)
+        up.transport.writelines(self.pending)
+        self.pending = []
+
+    def response_done(self, up: Upstream, reusable: bool) -> None:
+        """``up`` delivered the whole response: pool it, then close or go on."""
+        self.up, self.busy = None, False
+        if self.write_paused:
+            up.transport.resume_reading()
+        if reusable:
+            self.pool.put(up)
+        else:
+            up.transport.close()
+        if self.close_after or not reusable:
+            self.transport.close()
+        elif self.waiting:
+            close_after, data = self.waiting.pop(0)
+            if not self.waiting:
+                self.transport.resume_reading()
+            self.dispatch(close_after, data)
+
+    def lost_upstream(self, sent: bool) -> None:
+        """The upstream connection ended or broke mid-response."""
+        self.up = None
+        if sent:  # the client has part of it: closing is the only signal left
+            self.closed = True
+            self.transport.close()
+        else:
+            self.fail(BAD_GATEWAY)
+
+    def fail(self, response: bytes) -> None:
+        """Answer ``response`` and close (done with this client from now on)."""
+        if self.closed:
+            return
+        self.closed = True
+        up, self.up = self.up, None
+        if up is not None:
+            up.client = None
+            up.transport.close()
+        self.transport.write(response)
+        self.transport.close()
+
+    # ------------------------------------------------------------------ flow control
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.up is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.up is not None:
+            self.up.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        up, self.up = self.up, None
+        if up is not None:  # mid-response: the connection cannot be reused
+            up.client = None
+            up.transport.close()
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(listen: tuple[str, int], origin: tuple[str, int]) -> None:
+    loop = asyncio.get_running_loop()
+    pool = Pool(loop, *origin)
+    server = await loop.create_server(lambda: Client(pool), *listen, backlog=4096)
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set_result, None)
+    print(f"floor proxy on {listen[0]}:{listen[1]} -> {origin[0]}:{origin[1]}", flush=True)
+    async with server:
+        await stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--listen", type=host_port, required=True, help="HOST:PORT to accept on")
+    p.add_argument("--origin", type=host_port, required=True, help="HOST:PORT to proxy to")
+    args = p.parse_args(argv)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(args.listen, args.origin))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
