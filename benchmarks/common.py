@@ -684,11 +684,11 @@ def start_ferryman(
 
 
 def start_floor_proxy(group: ProcessGroup, port: int, origin: int,
-                      name: str = "python-floor") -> Service:
+                      name: str = "python-floor", extra: Sequence[str] = ()) -> Service:
     """``benchmarks/floor_proxy.py`` on the group's interpreter: 127.0.0.1:``port`` to the
-    origin on 127.0.0.1:``origin``."""
+    origin on 127.0.0.1:``origin`` (``extra``: more arguments, e.g. ``--cert``/``--key``)."""
     argv = [group.python, str(BENCH_DIR / "floor_proxy.py"),
-            "--listen", f"127.0.0.1:{port}", "--origin", f"127.0.0.1:{origin}"]
+            "--listen", f"127.0.0.1:{port}", "--origin", f"127.0.0.1:{origin}", *extra]
     return group.start(name, argv, cwd=REPO_DIR)
 
 

@@ -21,9 +21,16 @@ What it does, and no more than the benchmark needs:
 - pipelined requests wait (client reading paused) until the response before them is done;
 - HEAD, CONNECT and upgrades are answered 501: a pass-through parser cannot frame them.
 
+With ``--cert`` and ``--key`` it terminates TLS (Python's ``ssl`` module through uvloop's
+``create_server(ssl=...)``: TLS 1.2 and 1.3, the ``ssl`` module's default ciphers, ALPN
+offering ``http/1.1`` only) and proxies in plain HTTP/1.1 as above. That mode exists so the
+TLS tables show the least a Python proxy spends per TLS handshake and per TLS request here.
+
 Usage::
 
     python benchmarks/floor_proxy.py --listen 127.0.0.1:8080 --origin 127.0.0.1:8000
+    python benchmarks/floor_proxy.py --listen 127.0.0.1:8443 --origin 127.0.0.1:8000 \
+        --cert cert.pem --key key.pem
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import argparse
 import asyncio
 import re
 import signal
+import ssl
 import sys
 
 import httptools
@@ -305,14 +313,27 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(listen: tuple[str, int], origin: tuple[str, int]) -> None:
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server context of ``--cert``/``--key``: TLS 1.2+, ALPN ``http/1.1`` only."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def serve(
+    listen: tuple[str, int], origin: tuple[str, int], tls: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     pool = Pool(loop, *origin)
-    server = await loop.create_server(lambda: Client(pool), *listen, backlog=4096)
+    server = await loop.create_server(lambda: Client(pool), *listen, backlog=4096, ssl=tls)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set_result, None)
-    print(f"floor proxy on {listen[0]}:{listen[1]} -> {origin[0]}:{origin[1]}", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"floor proxy on {scheme}://{listen[0]}:{listen[1]} -> {origin[0]}:{origin[1]}",
+          flush=True)
     async with server:
         await stop
 
@@ -321,9 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--listen", type=host_port, required=True, help="HOST:PORT to accept on")
     p.add_argument("--origin", type=host_port, required=True, help="HOST:PORT to proxy to")
+    p.add_argument("--cert", metavar="FILE", help="PEM certificate chain: terminate TLS")
+    p.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
     args = p.parse_args(argv)
+    if (args.cert is None) != (args.key is None):
+        p.error("--cert and --key go together")
+    try:
+        tls = tls_context(args.cert, args.key) if args.cert else None
+    except (OSError, ssl.SSLError) as exc:
+        p.error(f"--cert {args.cert} / --key {args.key}: {exc}")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.listen, args.origin))
+        runner.run(serve(args.listen, args.origin, tls))
     return 0
 
 

@@ -4,7 +4,8 @@
 One command, from the repo root::
 
     python benchmarks/tls.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
-                             [--scenarios a,b] [--python PATH|optimized] [--write-results]
+                             [--scenarios a,b] [--with-floor] [--python PATH|optimized]
+                             [--write-results]
 
 An nginx origin serves ``/small`` over plain HTTP/1.1; every contender terminates TLS (one
 ECDSA P-256 certificate, made for the run; TLS 1.2/1.3 with each server's default ciphers)
@@ -17,6 +18,12 @@ with one worker and proxies to the origin over a keep-alive pool. Scenarios:
   concurrent streams each): HTTP/2 small requests.
 
 Rounds are interleaved and ratios are medians of paired ratios, as in ``l7.py``.
+
+With ``--with-floor``, ``python-floor`` (``floor_proxy.py --cert --key``: the least a Python
+proxy spends per TLS handshake and per TLS request on this interpreter) runs in tls-new-conn
+and tls-keepalive (not h2-small: it speaks HTTP/1.1 only), on ferryman's interpreter
+(``--python``), with the same certificate, and gets a table of its own: how much ferryman
+costs above that floor, and how far the floor is from nginx.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     SMALL_BODY,
     Contender,
+    CostComparison,
     Harness,
     ProcessGroup,
     Scenario,
@@ -47,6 +55,7 @@ from common import (
     run_wrk,
     settle_contenders,
     start_ferryman,
+    start_floor_proxy,
     start_haproxy,
     start_nginx,
     start_origin_nginx,
@@ -70,6 +79,26 @@ NOTES = (
     "Every contender: one worker, one ECDSA P-256 certificate, TLS terminated, HTTP/1.1 "
     "keep-alive pool to an nginx origin. nginx `ssl_session_cache` off and haproxy's default "
     "cache: wrk never resumes a session, so every new connection is a full handshake.",
+    (
+        "python-floor (--with-floor): `benchmarks/floor_proxy.py --cert --key`, see its "
+        "table; tls-new-conn and tls-keepalive only (not h2-small: it speaks HTTP/1.1 only)."
+    ),
+)
+FLOOR_SCENARIOS = ("tls-new-conn", "tls-keepalive")  # HTTP/1.1 over TLS: not h2-small
+FLOOR_NOTE = (
+    "python-floor: `benchmarks/floor_proxy.py --cert CERT --key KEY` on ferryman's "
+    "interpreter, only with `--with-floor`: uvloop's `create_server(ssl=...)` with Python's "
+    "`ssl` module (TLS 1.2+, the module's default ciphers, ALPN `http/1.1` only, the same "
+    "certificate), httptools parsers, one LIFO keep-alive pool to the origin; no hooks, "
+    "routing, filters, timeouts, logging or validation beyond llhttp's. It is the floor of a "
+    "Python TLS proxy on this interpreter, not a product: `ferryman CPU µs/req above "
+    "python-floor` is what ferryman's features cost per TLS handshake (tls-new-conn) and per "
+    "TLS request (tls-keepalive) above it, `python-floor vs nginx` how close any Python "
+    "proxy on this interpreter can come to nginx. Not in h2-small: HTTP/1.1 only."
+)
+COMPARISONS = (
+    CostComparison("ferryman vs the Python floor", "ferryman", "python-floor", "nginx",
+                   (FLOOR_NOTE,)),
 )
 
 
@@ -185,6 +214,13 @@ backends = ["127.0.0.1:{origin}"]
     return Contender("ferryman", port, [start_ferryman(group, workdir, conf)])
 
 
+def start_python_floor(group: ProcessGroup, origin: int, cert: Path, key: Path) -> Contender:
+    """``floor_proxy.py`` terminating TLS with the run's certificate, on the group's interpreter."""
+    (port,) = free_ports(1)
+    svc = start_floor_proxy(group, port, origin, extra=("--cert", str(cert), "--key", str(key)))
+    return Contender("python-floor", port, [svc], scenarios=FLOOR_SCENARIOS)
+
+
 def verify(c: Contender) -> str | None:
     """One HTTPS GET /small through ``c`` (certificate not verified: it is the run's own)."""
     import socket
@@ -214,6 +250,7 @@ def start(group: ProcessGroup, workdir: Path, names: list[str]) -> tuple[list[Co
         "nginx": lambda: start_nginx_tls(group, workdir, origin_port, cert, key),
         "haproxy": lambda: start_haproxy_tls(group, workdir, origin_port, both),
         "ferryman": lambda: start_ferryman_tls(group, workdir, origin_port, cert, key),
+        "python-floor": lambda: start_python_floor(group, origin_port, cert, key),
     }
     contenders = [starters[n]() for n in names]
     settle_contenders(contenders, lambda c: [c.ports], verify)
@@ -275,6 +312,12 @@ HARNESS = Harness(
     measure=measure,
     notes=NOTES,
     meta={"wrk": {"threads": 1, "connections": 50}, "h2load": {"clients": 10, "streams": 10}},
+    optional={
+        "python-floor": "benchmarks/floor_proxy.py --cert --key, the floor of a Python TLS "
+                        "proxy on ferryman's interpreter, in tls-new-conn and tls-keepalive",
+    },
+    optional_flags={"python-floor": "floor"},
+    comparisons=COMPARISONS,
 )
 
 
