@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import pytest
 from h2.errors import ErrorCodes
@@ -116,3 +117,72 @@ async def test_a_stream_reset_before_its_turn_is_logged_at_info_and_never_goes_u
     finally:
         await client.close()
         await stop(proxy, server)
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+PING = b"\x00\x00\x08\x06\x00\x00\x00\x00\x0012345678"  # 17 bytes
+PING_ACK = b"\x00\x00\x08\x06\x01\x00\x00\x00\x0012345678"
+
+
+async def test_a_ping_flood_from_a_client_that_does_not_read_is_not_buffered() -> None:
+    """CVE-2019-9512: each PING makes us queue an ACK. A client that never reads finds its
+    sends blocked once our buffer is full (we stop reading it); one that reads gets every ACK."""
+    server, peer = await origin()
+    proxy = await start_proxy(CountingApp(peer))
+    try:
+        port = proxy.sock.getsockname()[1]
+        assert await flood_without_reading(port, limit=16 << 20) < 16 << 20  # stalled in the sockets
+        assert await ping_and_read(port, count=20000) == 20000  # a client that reads loses nothing
+    finally:
+        await stop(proxy, server)
+
+
+async def flood_without_reading(port: int, limit: int) -> int:
+    """Send PINGs and never read; the bytes sent when a write stayed blocked for 2 s (or
+    ``limit`` if none did within 30 s)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # our ACKs fill it at once
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(PREFACE + EMPTY_SETTINGS)
+        burst, sent, deadline = PING * 4000, 0, loop.time() + 30
+        while sent < limit and loop.time() < deadline:
+            writer.write(burst)
+            sent += len(burst)
+            try:
+                await asyncio.wait_for(writer.drain(), 2.0)
+            except TimeoutError:
+                return sent
+        return limit
+    finally:
+        writer.transport.abort()
+
+
+async def ping_and_read(port: int, count: int) -> int:
+    """Send ``count`` PINGs while reading: how many ACKs came back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(PREFACE + EMPTY_SETTINGS)
+
+        async def acks() -> int:
+            seen, data = 0, b""
+            while seen < count:
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+                seen = data.count(PING_ACK)
+            return seen
+
+        counting = asyncio.ensure_future(acks())
+        for _ in range(count // 1000):
+            writer.write(PING * 1000)
+            await writer.drain()
+        return await asyncio.wait_for(counting, 30)
+    finally:
+        writer.close()

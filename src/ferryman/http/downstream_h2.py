@@ -491,10 +491,18 @@ class DownstreamH2(asyncio.Protocol):
         self.streams.clear()
 
     def pause_writing(self) -> None:
+        """The client does not read what we send: stop reading its frames too. Each PING,
+        SETTINGS or reset makes us queue an answer, so a client that floods them without
+        reading would grow our buffer without bound (CVE-2019-9512, -9515); it gets its
+        answers first, then we read on."""
         self.write_blocked = True
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_blocked = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
         self._window_opened(0)
 
     # streams -----------------------------------------------------------------------------------
