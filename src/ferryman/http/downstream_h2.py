@@ -349,6 +349,19 @@ class H2Stream:
         elif exchange is None and self.local_ended:
             self._close()
 
+    def check_body_progress(self, now: float, timeout: float) -> None:
+        """Body read timeout of this stream; time spent with credit withheld (the upstream
+        is slow to take the body) does not count. Re-arms the connection's deadline."""
+        exchange = self.exchange
+        if exchange is None or exchange.request_done or self.remote_ended:
+            return
+        if self.credit.paused:
+            self.body_activity = now
+        if now - self.body_activity >= timeout:
+            exchange.on_request_body_timeout(timeout)
+        else:
+            self.conn.deadline = min(self.conn.deadline, self.body_activity + timeout)
+
     def on_reset(self) -> None:
         """The client reset the stream (cancelled): the upstream side is stopped too."""
         self.remote_ended = True
@@ -521,7 +534,8 @@ class DownstreamH2(asyncio.Protocol):
             stream.expected = head.body.length
         stream.remote_ended = event.stream_ended is not None
         self.streams[stream_id] = stream
-        self.deadline = INF
+        if len(self.streams) == 1:
+            self.deadline = INF  # not idle any more (other streams keep their body deadlines)
         self.requests += 1
         session = Session(head, self.peer, self.local, stream, tls=service.tls is not None)
         session.max_body = service.parser_limits["max_body"]  # HTTP/1.1 has it checked by its parser
@@ -529,6 +543,8 @@ class DownstreamH2(asyncio.Protocol):
             session.ctx = service.app.new_ctx()
         exchange = stream.exchange = H2Exchange(stream, session)  # type: ignore[arg-type]
         service.exchanges.add(exchange)
+        if not stream.remote_ended:
+            self.watch_body(stream)
         self.loop.create_task(self._run(stream, exchange))
 
     async def _run(self, stream: H2Stream, exchange: H2Exchange) -> None:
@@ -576,4 +592,16 @@ class DownstreamH2(asyncio.Protocol):
         self.deadline = INF
         if not self.streams:  # idle too long: say goodbye
             self.shutdown()
+            return
+        timeout = self.service.body_timeout
+        if timeout:  # request bodies that stopped arriving (nginx's client_body_timeout: 408)
+            for stream in list(self.streams.values()):
+                stream.check_body_progress(now, timeout)
+
+    def watch_body(self, stream: H2Stream) -> None:
+        """A request body is on its way: check it within ``body_timeout``."""
+        timeout = self.service.body_timeout
+        if timeout:
+            stream.body_activity = self.loop.time()
+            self.deadline = min(self.deadline, stream.body_activity + timeout)
 
