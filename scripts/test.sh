@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install ferryman with its test dependencies (and the system programs the tests run for
-# real: Chromium for the web UI, pebble for ACME, nghttp2's tools for HTTP/2), then run the
-# whole test suite.
+# real: Chromium for the web UI, pebble for ACME, nghttp2's tools for HTTP/2, etcd for configs
+# kept in etcd), then run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in chromium:chromium chromedriver:chromium-driver pebble:pebble nghttp:nghttp2-client; do
+for pair in chromium:chromium chromedriver:chromium-driver pebble:pebble nghttp:nghttp2-client etcd:etcd-server; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if ((${#need[@]})); then

@@ -13,6 +13,9 @@ without the token) calls these endpoints.
     POST /api/v1/config/validate   a TOML body: every error with its TOML path
     POST /api/v1/config/apply      validate, write the file (keeping the previous one), reload
     POST /api/v1/config/rollback   put the previous file back, reload
+    (with a config from etcd, source shows the keys merged into one document with the URL,
+    prefix and revision; apply writes the keys in one transaction, deleting the ones the new
+    config no longer has; rollback writes back what this process's last apply replaced)
     GET  /api/v1/upstreams         backends with health, in flight, requests and failures
     POST /api/v1/upstreams/NAME/backends/ADDRESS/disable|drain|enable
                                    take a backend out of rotation (in-flight work finishes)
@@ -37,6 +40,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .. import __version__
+from ..config.etcd import EtcdError, EtcdSource
 from ..config.load import load_text
 from ..errors import ConfigError
 from ..filters.builtin.basic_auth import BasicAuthFilter
@@ -72,6 +76,8 @@ class AdminApi(ProxyHttp):
     ) -> None:
         self.runtime = runtime
         self.path = Path(path) if path is not None else None
+        self.etcd: EtcdSource | None = getattr(runtime, "etcd_source", None)  # a config from etcd keys instead of a file
+        self._etcd_previous: str | None = None  # what the last apply to etcd replaced (for rollback)
         self.token = token
         self._hashing = 0  # password checks running (see _basic_user)
         self.users = BasicAuthFilter("admin", BasicAuthFilter.Config(users=users, realm="ferryman admin")) if users else None
@@ -188,6 +194,9 @@ class AdminApi(ProxyHttp):
         })
 
     async def _source(self, session: Session) -> None:
+        if self.etcd is not None:
+            await self._etcd_text(session, self.etcd)
+            return
         if self.path is None:
             _json(session, 409, {"error": "ferryman was started without a config file: there is no text to show"})
             return
@@ -209,6 +218,9 @@ class AdminApi(ProxyHttp):
         text = await self._body_text(session)
         if text is None:
             return
+        if self.etcd is not None:
+            await self._etcd_apply(session, self.etcd, text)
+            return
         if self.path is None:
             _json(session, 409, {"error": "ferryman was started without a config file: nothing to apply to"})
             return
@@ -227,6 +239,9 @@ class AdminApi(ProxyHttp):
         _json(session, 200 if ok else 500, {"applied": ok, "generation": self.runtime.generation})
 
     async def _rollback(self, session: Session) -> None:
+        if self.etcd is not None:
+            await self._etcd_rollback(session, self.etcd)
+            return
         if self.path is None:
             _json(session, 409, {"error": "ferryman was started without a config file"})
             return
@@ -238,6 +253,57 @@ class AdminApi(ProxyHttp):
         _write(self.path, backup.read_text())
         _write(backup, current)  # a second rollback goes forward again
         log.warning("admin: %s rolled the config back", _who(session))
+        self.history.expect("rollback", _who(session))
+        ok = await self.reload()
+        _json(session, 200 if ok else 500, {"rolled_back": ok, "generation": self.runtime.generation})
+
+    # a config from etcd keys ------------------------------------------------------------------
+    async def _etcd_text(self, session: Session, etcd: EtcdSource) -> None:
+        try:
+            revision, text = await asyncio.to_thread(etcd.pull)
+        except (ConfigError, EtcdError) as exc:
+            message = exc.render() if isinstance(exc, ConfigError) else f"{etcd.name}: {exc}"
+            _json(session, 502, {"error": f"cannot read the config from etcd: {message}"})
+            return
+        _json(session, 200, {
+            "source": "etcd", "path": etcd.name, "url": etcd.name, "prefix": etcd.prefix, "revision": revision,
+            "loaded_revision": etcd.revision, "generation": self.runtime.generation, "text": text,
+        })
+
+    async def _etcd_apply(self, session: Session, etcd: EtcdSource, text: str) -> None:
+        """Validate, write the keys in one transaction, reload (every process, with workers)."""
+        errors = _errors(text)
+        if errors:
+            summary = "\n".join(f"{e['path']}: {e['message']}" if e["path"] else e["message"] for e in errors)
+            self.history.add("apply", False, self.runtime.generation, f"refused, nothing applied:\n{summary}", _who(session))
+            _json(session, 422, {"applied": False, "errors": errors})
+            return
+        try:
+            previous = await _etcd_write(etcd, text)
+        except ConfigError as exc:  # valid, but not storable as keys (an entry name with "/")
+            _json(session, 422, {"applied": False, "errors": [{"path": path, "message": message} for path, message in exc.errors]})
+            return
+        except EtcdError as exc:
+            self.history.add("apply", False, self.runtime.generation, f"etcd refused the write: {exc}", _who(session))
+            _json(session, 502, {"applied": False, "error": f"{etcd.name}: {exc}"})
+            return
+        self._etcd_previous = previous
+        log.warning("admin: %s applied a new config to %s (%d bytes)", _who(session), etcd.name, len(text))
+        self.history.expect("apply", _who(session))
+        ok = await self.reload()
+        _json(session, 200 if ok else 500, {"applied": ok, "generation": self.runtime.generation})
+
+    async def _etcd_rollback(self, session: Session, etcd: EtcdSource) -> None:
+        if self._etcd_previous is None:
+            _json(session, 409, {"error": "no previous config to roll back to (with etcd, a rollback undoes this process's last apply)"})
+            return
+        try:
+            current = await _etcd_write(etcd, self._etcd_previous)
+        except (ConfigError, EtcdError) as exc:
+            _json(session, 502, {"rolled_back": False, "error": f"{etcd.name}: {exc}"})
+            return
+        self._etcd_previous = current  # a second rollback goes forward again
+        log.warning("admin: %s rolled the config in %s back", _who(session), etcd.name)
         self.history.expect("rollback", _who(session))
         ok = await self.reload()
         _json(session, 200 if ok else 500, {"rolled_back": ok, "generation": self.runtime.generation})
@@ -323,6 +389,20 @@ def _errors(text: str) -> list[dict[str, str]]:
     except ConfigError as exc:
         return [{"path": path, "message": message} for path, message in exc.errors]
     return []
+
+
+async def _etcd_write(etcd: EtcdSource, text: str) -> str | None:
+    """Make the keys hold ``text``; what they held before (None if it did not parse)."""
+
+    def write() -> str | None:
+        try:
+            previous: str | None = etcd.pull()[1]
+        except ConfigError:
+            previous = None
+        etcd.push(text, "request")
+        return previous
+
+    return await asyncio.to_thread(write)
 
 
 def _json(session: Session, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -3,11 +3,15 @@ then serve it in one process or in a master with workers (and a balancing proces
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+from functools import partial
 from pathlib import Path
 
+from ..config.etcd import EtcdError, EtcdSource
+from ..config.etcd_watch import EtcdWatchService, MasterWatch, RevisionSlot
 from ..config.load import load_file
 from ..config.model import Config, ListenerConfig
 from ..demo.origin import DemoOrigin
@@ -27,7 +31,7 @@ from ..server.watch import FileWatch, WatchService
 from ..server.workers import run_workers
 from ..upstream.health_board import HealthBoard
 from .balancer import balance_main
-from .runtime import ADMIN, DEMO, Runtime, balance_mode
+from .runtime import ADMIN, DEMO, Runtime, SourceError, balance_mode
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,13 @@ def _take(handed: dict[str, socket.socket], name: str, address: Address, udp: bo
 class Gateway:
     """Sockets bound once (in the master when there are workers); services built per process."""
 
-    def __init__(self, config: Config, path: str | Path | None = None) -> None:
+    def __init__(self, config: Config, path: str | Path | None = None, source: EtcdSource | None = None) -> None:
         self.config = config
         self.path = path  # re-read on reload (SIGHUP / ferryman reload)
+        self.source = source  # or the etcd keys (-c etcd://...), re-read on reload and watched
+        # with workers: which etcd revision the master's reload read, for the workers to read too
+        self.slot = RevisionSlot() if source is not None and config.server.workers > 1 else None
+        self.reload_by_watch = False  # the master's next reload comes from the etcd watch
         self.sockets: dict[str, socket.socket] = {}
         self.groups: dict[str, list[socket.socket]] = {}  # kernel / port balancing: one socket per worker
         # least_conn: the dispatcher (used by the balancing process) and each worker's channel end
@@ -163,12 +171,15 @@ class Gateway:
         """Master side of a reload (with workers): re-read the file so a worker started later
         (after a crash) starts from the config the others reloaded to; close the master's
         copies of sockets whose listener went away or moved."""
-        if self.path is None:
+        if self.path is None and self.source is None:
             return
         try:
-            config = load_file(self.path)
+            config = load_file(self.path) if self.source is None else self._load_etcd()  # type: ignore[arg-type]
         except ConfigError as exc:
             log.error("master: reload refused (workers keep their config):\n%s", exc.render())
+            return
+        except EtcdError as exc:
+            log.error("master: reload failed (workers keep their config): %s: %s", self.source.name if self.source else "", exc)
             return
         for table in (self.sockets, self.groups):
             for name in list(table):
@@ -180,11 +191,27 @@ class Gateway:
                         sock.close()
         self.config = config
 
+    def _load_etcd(self) -> Config:
+        """The master's read of a reload; the workers are told which revision it was."""
+        assert self.source is not None
+        by_watch, self.reload_by_watch = self.reload_by_watch, False
+        revision = 0  # not read: the workers read the latest
+        try:
+            config = self.source.load()
+            revision = self.source.revision
+        except ConfigError:
+            revision = self.source.revision  # read but refused: the workers refuse the same
+            raise
+        finally:
+            if self.slot is not None:
+                self.slot.put(revision, by_watch)
+        return config
+
     def make_server(self, worker: int = 0) -> Server:
         """Everything one process serves: listeners, health checks, the demo origin."""
         config = self.config
         server = Server(grace_period=config.server.grace_period)
-        runtime = Runtime(self, server, worker)
+        runtime = (Runtime if self.source is None else EtcdRuntime)(self, server, worker)
         runtime.build(config)
         server.on_reload.append(runtime.reload)
         server.on_reopen.append(runtime.reopen_logs)
@@ -198,6 +225,13 @@ class Gateway:
                 server.request_reload()
 
             server.add_background(WatchService(self.path, changed))
+        if self.source is not None and config.server.workers == 1:  # with workers, the master watches
+
+            def etcd_changed() -> None:
+                runtime.history.expect("etcd")
+                server.request_reload()
+
+            server.add_background(EtcdWatchService(self.source, etcd_changed))
         if self.demo_sock is not None:
             if worker == 0:
                 server.add_background(DemoOrigin(self.demo_sock, grace_period=config.server.grace_period))
@@ -208,19 +242,43 @@ class Gateway:
         return server
 
 
-def serve(config: Config, path: str | Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT (SIGHUP reloads ``path``). Returns the process exit code."""
+class EtcdRuntime(Runtime):
+    """A runtime whose reloads read the etcd keys (``-c etcd://...``) instead of a file."""
+
+    def __init__(self, gateway: Gateway, server: Server, worker: int) -> None:
+        super().__init__(gateway, server, worker)
+        self.etcd_source = gateway.source  # the admin API shows and writes the keys through it
+
+    async def read_config(self) -> tuple[Config, str]:
+        source = self.etcd_source
+        assert source is not None
+        revision, by_watch = self.gateway.slot.get() if self.gateway.slot is not None else (None, False)
+        if by_watch:  # with workers: the master's etcd watch caused this SIGHUP
+            self.history.expect("etcd")
+        try:
+            config = await asyncio.to_thread(source.load, revision)
+        except EtcdError as exc:
+            raise SourceError(f"{source.name}: {exc}") from exc
+        return config, f"{source.name} revision {source.revision}"
+
+
+def serve(config: Config, path: str | Path | None = None, source: EtcdSource | None = None) -> int:
+    """Run until SIGTERM/SIGINT (SIGHUP reloads ``path``, or the etcd keys of ``source``,
+    which are also watched). Returns the process exit code."""
     try:
         setup_reporting(config)
     except ValueError as exc:  # e.g. no syslog socket at the configured path
         log.error("server.error_log_syslog: %s", exc)
         return 1
-    gateway = Gateway(config, path)
+    gateway = Gateway(config, path, source)
     gateway.bind(take_listeners())
     pid_file = Path(config.server.pid_file) if config.server.pid_file else None
+    etcd_watch: MasterWatch | None = None
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")  # after an upgrade: replaces the old master's
     try:
+        if source is not None:
+            log.info("config: %s at revision %d (watched: a change of its keys reloads)", source.name, source.revision)
         for name, cfg in config.listeners.items():
             target = f"upstream {cfg.upstream}" if cfg.upstream else f"routes {', '.join(cfg.routes)}"
             log.info("listener %s: %s %s → %s", name, cfg.protocol, cfg.addr, target)
@@ -232,17 +290,37 @@ def serve(config: Config, path: str | Path | None = None) -> int:
                 sentry.flush()
             return 0
         watch = FileWatch(path) if config.server.watch and path is not None else None
+        changed = watch.poll if watch is not None else None
+        if source is not None:
+            etcd_watch = MasterWatch(source)
+            changed = partial(_etcd_changed, gateway, etcd_watch)
+            etcd_watch.start()
         return run_workers(
             config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close,
             balancer_main=(lambda: balance_main(gateway)) if gateway.channels else None,
-            on_reload=gateway.reload_config, changed=watch.poll if watch is not None else None,
-            on_upgrade=lambda: path is not None and upgrade(gateway.master_sockets(), str(path)) is not None,
+            on_reload=gateway.reload_config, changed=changed,
+            on_upgrade=_no_upgrade if source is not None else (lambda: path is not None and upgrade(gateway.master_sockets(), str(path)) is not None),
             on_started=notify_ready,
         )
     finally:
+        if etcd_watch is not None:
+            etcd_watch.stop()
         gateway.close()
         if pid_file is not None and _pid_in(pid_file) == os.getpid():  # not a successor's
             pid_file.unlink(missing_ok=True)
+
+
+def _no_upgrade() -> bool:
+    log.warning("upgrade: not available with a config from etcd (restart the process instead)")
+    return False
+
+
+def _etcd_changed(gateway: Gateway, watch: MasterWatch) -> bool:
+    """The master's poll: the etcd keys changed (the reload that follows says so to the workers)."""
+    if watch.poll():
+        gateway.reload_by_watch = True
+        return True
+    return False
 
 
 def _pid_in(path: Path) -> int | None:

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class SourceError(Exception):
+    """The config source could not be read (an etcd cluster out of reach): the reload fails
+    and the current config keeps serving."""
+
 DEMO = "__demo__"  # the demo origin's socket in a binary upgrade's handoff
 ADMIN = "__admin__"  # the admin listener's
 
@@ -213,21 +218,32 @@ class Runtime:
 
     async def _reload(self) -> tuple[bool, str]:
         """Whether it applied, and what to say about it (every error with its TOML path)."""
-        path = self.gateway.path
-        if path is None:
-            log.warning("reload: no config file to read (started from an in-memory config)")
-            return False, "no config file to read (started from an in-memory config)"
         try:
-            config = load_file(path)
+            read = await self.read_config()
         except ConfigError as exc:
             log.error("reload refused, still serving generation %d:\n%s", self.generation, exc.render())
             return False, f"refused, still serving generation {self.generation}:\n{exc.render()}"
+        except SourceError as exc:
+            log.error("reload failed, still serving generation %d: %s", self.generation, exc)
+            return False, f"failed, still serving generation {self.generation}: {exc}"
+        if read is None:
+            log.warning("reload: no config file to read (started from an in-memory config)")
+            return False, "no config file to read (started from an in-memory config)"
+        config, name = read
         try:
             summary = await self.apply(config)
         except Exception as exc:
-            log.exception("reload failed while applying %s; still serving generation %d", path, self.generation)
+            log.exception("reload failed while applying %s; still serving generation %d", name, self.generation)
             return False, f"failed while applying, still serving generation {self.generation}: {exc!r}"
-        return True, f"{path}: {summary}"
+        return True, f"{name}: {summary}"
+
+    async def read_config(self) -> tuple[Config, str] | None:
+        """What a reload applies and what to call it (None: started from an in-memory
+        config). Raises ConfigError for an invalid one, SourceError for an unreadable source."""
+        path = self.gateway.path
+        if path is None:
+            return None
+        return load_file(path), str(path)
 
     async def apply(self, config: Config) -> str:
         """Swap ``config`` in (see the class docstring); returns what changed, in a line."""
