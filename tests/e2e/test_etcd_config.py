@@ -11,7 +11,6 @@ import signal
 import threading
 import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,37 +18,9 @@ import pytest
 from ferryman.config.etcd import EtcdSource
 from ferryman.config.etcd_watch import EtcdWatcher
 from support.etcd import Etcd, running_etcd
-from support.process import LOCAL, children, ferryman_cli, free_port, http_get, running, wait_until
+from support.process import LOCAL, HttpOrigin, children, ferryman_cli, free_port, http_get, running, wait_until
 
 RELOAD_TIMEOUT = 15.0  # a change must be served within this (the debounce is 0.2 s)
-
-
-class Named:
-    """An HTTP origin in this process that answers every GET with its name."""
-
-    def __init__(self, name: str) -> None:
-        body = name.encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer((LOCAL, 0), Handler)
-        self.server.daemon_threads = True
-        self.addr = f"{LOCAL}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +30,8 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
 
 
 @pytest.fixture
-def origins() -> Iterator[tuple[Named, Named]]:
-    pair = Named("a"), Named("b")
+def origins() -> Iterator[tuple[HttpOrigin, HttpOrigin]]:
+    pair = HttpOrigin("a"), HttpOrigin("b")
     yield pair
     for origin in pair:
         origin.close()
@@ -109,7 +80,7 @@ def admin_json(port: int, method: str = "GET", path: str = "/api/v1/history", da
 
 
 # serving and reloading ------------------------------------------------------------------------
-def test_run_serves_the_keys_and_a_changed_key_moves_traffic(etcd: Etcd, origins: tuple[Named, Named], prefix: str) -> None:
+def test_run_serves_the_keys_and_a_changed_key_moves_traffic(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
     a, b = origins
     port, admin = free_port(), free_port()
     seed(etcd, site_keys(prefix, port, a.addr, admin=admin))
@@ -135,7 +106,7 @@ def test_run_serves_the_keys_and_a_changed_key_moves_traffic(etcd: Etcd, origins
         assert proc.stop(10) == 0
 
 
-def test_a_bad_key_is_refused_with_its_name_and_the_old_config_serves_on(etcd: Etcd, origins: tuple[Named, Named], prefix: str) -> None:
+def test_a_bad_key_is_refused_with_its_name_and_the_old_config_serves_on(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
     a, b = origins
     port, admin = free_port(), free_port()
     seed(etcd, site_keys(prefix, port, a.addr, admin=admin))
@@ -159,7 +130,7 @@ def test_a_bad_key_is_refused_with_its_name_and_the_old_config_serves_on(etcd: E
         assert proc.stop(10) == 0
 
 
-def test_with_workers_the_master_watches_and_every_worker_follows(etcd: Etcd, origins: tuple[Named, Named], prefix: str) -> None:
+def test_with_workers_the_master_watches_and_every_worker_follows(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
     a, b = origins
     port, admin = free_port(), free_port()
     seed(etcd, site_keys(prefix, port, a.addr, workers=2, admin=admin))
@@ -177,7 +148,7 @@ def test_with_workers_the_master_watches_and_every_worker_follows(etcd: Etcd, or
         assert proc.stop(10) == 0
 
 
-def test_the_watch_survives_an_etcd_restart(tmp_path: Path, origins: tuple[Named, Named]) -> None:
+def test_the_watch_survives_an_etcd_restart(tmp_path: Path, origins: tuple[HttpOrigin, HttpOrigin]) -> None:
     a, b = origins
     port, prefix = free_port(), "/restart"
     with running_etcd(tmp_path) as etcd:
@@ -195,7 +166,7 @@ def test_the_watch_survives_an_etcd_restart(tmp_path: Path, origins: tuple[Named
             assert proc.stop(10) == 0
 
 
-def test_a_change_made_while_the_watch_was_down_is_found_by_rereading(tmp_path: Path, origins: tuple[Named, Named], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_change_made_while_the_watch_was_down_is_found_by_rereading(tmp_path: Path, origins: tuple[HttpOrigin, HttpOrigin], caplog: pytest.LogCaptureFixture) -> None:
     """etcd comes back with a change the watch never saw as an event (written while it was
     reconnecting, then compacted away): the re-read after reconnecting finds it."""
     a, b = origins
@@ -222,7 +193,7 @@ def test_a_change_made_while_the_watch_was_down_is_found_by_rereading(tmp_path: 
         assert b.addr in source.pull()[1]
 
 
-def test_several_endpoints_skip_a_dead_one(etcd: Etcd, origins: tuple[Named, Named], prefix: str) -> None:
+def test_several_endpoints_skip_a_dead_one(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
     a, b = origins
     port, dead = free_port(), free_port()
     seed(etcd, site_keys(prefix, port, a.addr))
@@ -303,7 +274,7 @@ backends = ["127.0.0.1:11"]
         assert result.returncode == 2 and "bad etcd URL" in result.stderr and message in result.stderr, (bad_url, result.stderr)
 
 
-def test_admin_apply_and_rollback_write_the_keys(etcd: Etcd, origins: tuple[Named, Named], prefix: str) -> None:
+def test_admin_apply_and_rollback_write_the_keys(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
     a, b = origins
     port, admin = free_port(), free_port()
     keys = site_keys(prefix, port, a.addr, admin=admin)
@@ -333,7 +304,7 @@ def test_admin_apply_and_rollback_write_the_keys(etcd: Etcd, origins: tuple[Name
         assert proc.stop(10) == 0
 
 
-def test_user_and_password_authenticate(tmp_path: Path, origins: tuple[Named, Named]) -> None:
+def test_user_and_password_authenticate(tmp_path: Path, origins: tuple[HttpOrigin, HttpOrigin]) -> None:
     a, b = origins
     port, admin, prefix, password = free_port(), free_port(), "/auth", "s3cret+/&"
     with running_etcd(tmp_path) as etcd:

@@ -192,12 +192,13 @@ def gone(pid: int) -> bool:
 
 
 class HttpOrigin:
-    """A threaded HTTP origin in the test process: GET answers ``origin <path>``."""
+    """A threaded HTTP origin in the test process: GET answers ``origin <path>``, or
+    ``name`` when one is given (to tell origins apart)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                body = f"origin {self.path}".encode()
+                body = (name if name is not None else f"origin {self.path}").encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -209,6 +210,7 @@ class HttpOrigin:
         self.server = ThreadingHTTPServer((LOCAL, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
+        self.addr = f"{LOCAL}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -218,10 +218,7 @@ class AdminApi(ProxyHttp):
         text = await self._body_text(session)
         if text is None:
             return
-        if self.etcd is not None:
-            await self._etcd_apply(session, self.etcd, text)
-            return
-        if self.path is None:
+        if self.etcd is None and self.path is None:
             _json(session, 409, {"error": "ferryman was started without a config file: nothing to apply to"})
             return
         errors = _errors(text)
@@ -230,6 +227,10 @@ class AdminApi(ProxyHttp):
             self.history.add("apply", False, self.runtime.generation, f"refused, nothing applied:\n{summary}", _who(session))
             _json(session, 422, {"applied": False, "errors": errors})
             return
+        if self.etcd is not None:
+            await self._etcd_apply(session, self.etcd, text)
+            return
+        assert self.path is not None
         previous = self.path.read_text()
         _write(self.path.with_name(self.path.name + ".previous"), previous)
         _write(self.path, text)
@@ -271,13 +272,7 @@ class AdminApi(ProxyHttp):
         })
 
     async def _etcd_apply(self, session: Session, etcd: EtcdSource, text: str) -> None:
-        """Validate, write the keys in one transaction, reload (every process, with workers)."""
-        errors = _errors(text)
-        if errors:
-            summary = "\n".join(f"{e['path']}: {e['message']}" if e["path"] else e["message"] for e in errors)
-            self.history.add("apply", False, self.runtime.generation, f"refused, nothing applied:\n{summary}", _who(session))
-            _json(session, 422, {"applied": False, "errors": errors})
-            return
+        """Write the (valid) config's keys in one transaction, reload (every process, with workers)."""
         try:
             previous = await _etcd_write(etcd, text)
         except ConfigError as exc:  # valid, but not storable as keys (an entry name with "/")
