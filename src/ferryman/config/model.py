@@ -399,6 +399,7 @@ class ListenerConfig(Strict):
     header_timeout: Duration = 60.0
     keepalive_timeout: Duration = 75.0
     body_timeout: Duration = 60.0
+    send_timeout: Duration = 60.0
     max_body_size: Size | None = None
     forwarded_headers: bool | Literal["x-forwarded", "forwarded", "both"] = True
     forward_proxy: bool = False  # accept CONNECT host:port (to connect_ports only)

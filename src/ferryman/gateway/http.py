@@ -402,6 +402,7 @@ def build_http_service(
         connector=connector,
         header_timeout=cfg.header_timeout,
         body_timeout=cfg.body_timeout,
+        send_timeout=cfg.send_timeout,
         keepalive_timeout=cfg.keepalive_timeout,
         upstream_read_timeout=read_timeout,
         max_body=cfg.max_body_size,

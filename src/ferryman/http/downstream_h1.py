@@ -50,7 +50,9 @@ class DownstreamH1(asyncio.Protocol):
         self.write_paused = False
         self.requests = 0
         self._read_pauses: set[object] = set()
-        self.deadline = INF  # when the current timeout (header, body, keep-alive) expires; see net/sweep.py
+        self.deadline = INF  # the earlier of the two below; see net/sweep.py
+        self._due = INF  # when the current timeout (header, body, keep-alive) expires
+        self._send_due = INF  # while the client takes none of our bytes: when we give up (send_timeout)
         self._head_started = False  # bytes of the next request head have arrived
         self.body_activity = 0.0  # loop time of the last request body bytes
         self.pending_file: tuple[int, int, int] | None = None  # fd, offset, count
@@ -186,11 +188,17 @@ class DownstreamH1(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        timeout = self.service.send_timeout
+        if timeout:  # nginx's send_timeout: a client that stops reading is not kept forever
+            self._send_due = self.loop.time() + timeout
+            self.deadline = min(self._due, self._send_due)
         if self.exchange is not None:
             self.exchange.on_downstream_write_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._send_due = INF
+        self.deadline = self._due
         if self.exchange is not None:
             self.exchange.on_downstream_write_resumed()
 
@@ -379,16 +387,20 @@ class DownstreamH1(asyncio.Protocol):
         if self.exchange is not None or self._head_started:
             return
         if self.requests == 0 and self._proxy_buf is None:
-            self.deadline = min(self.deadline, self.loop.time() + FIRST_REQUEST_GRACE)
+            self._set_due(min(self._due, self.loop.time() + FIRST_REQUEST_GRACE))
         else:
             self.close()
 
     # timeouts (checked by the service's DeadlineSweep) ---------------------------------------
     def _arm_timer(self, timeout: float | None) -> None:
-        self.deadline = self.loop.time() + timeout if timeout else INF
+        self._set_due(self.loop.time() + timeout if timeout else INF)
 
     def _cancel_timer(self) -> None:
-        self.deadline = INF
+        self._set_due(INF)
+
+    def _set_due(self, due: float) -> None:
+        self._due = due
+        self.deadline = due if due < self._send_due else self._send_due
 
     def _check_body_progress(self, exchange: Exchange, now: float) -> None:
         """Body read timeout: time spent paused by backpressure does not count."""
@@ -397,20 +409,27 @@ class DownstreamH1(asyncio.Protocol):
             self.body_activity = now
         deadline = self.body_activity + timeout  # type: ignore[operator]
         if now >= deadline:
-            self.deadline = INF
+            self._set_due(INF)
             exchange.on_request_body_timeout(timeout)  # type: ignore[arg-type]
         else:
-            self.deadline = deadline
+            self._set_due(deadline)
 
     def on_deadline(self, now: float) -> None:
+        if now >= self._send_due:
+            log.info("%s: client %s: took none of the response for %gs: connection closed", self.service.name, self.peer, self.service.send_timeout)
+            self.abort()
+            return
+        if now < self._due:  # the send timeout's check, before it expired
+            self.deadline = min(self._due, self._send_due)
+            return
         exchange = self.exchange
         if exchange is not None:
             if not exchange.request_done:
                 self._check_body_progress(exchange, now)
             else:
-                self.deadline = INF
+                self._set_due(INF)
             return
-        self.deadline = INF
+        self._set_due(INF)
         if self._proxy_buf is not None:
             log.info("%s: client %s: no complete PROXY header within %gs", self.service.name, self.peer, self.service.proxy_header_timeout)
             self.abort()

@@ -391,7 +391,9 @@ class DownstreamH2(asyncio.Protocol):
         self.write_blocked = False
         self.requests = 0
         self.early_resets = 0  # streams the client reset before their response ended
-        self.deadline = INF  # see net/sweep.py: idle (keep-alive) timeout while no stream is open
+        self.deadline = INF  # see net/sweep.py: the earliest of the timeouts below
+        self._idle_due = INF  # idle (keep-alive) timeout while no stream is open
+        self._send_due = INF  # while the client takes none of our bytes: when we give up (send_timeout)
         self._flush_scheduled = False
 
     def start(self, data: bytes) -> None:
@@ -511,9 +513,16 @@ class DownstreamH2(asyncio.Protocol):
         self.write_blocked = True
         if not self.transport.is_closing():
             self.transport.pause_reading()
+        timeout = self.service.send_timeout
+        if timeout:  # nginx's send_timeout: a client that stops reading is not kept forever
+            self._send_due = self.loop.time() + timeout
+            self.deadline = min(self.deadline, self._send_due)
 
     def resume_writing(self) -> None:
         self.write_blocked = False
+        if self._send_due != INF:
+            self._send_due = INF
+            self.deadline = self.loop.time()  # the next sweep re-arms the other timeouts
         if not self.transport.is_closing():
             self.transport.resume_reading()
         self._window_opened(0)
@@ -535,7 +544,7 @@ class DownstreamH2(asyncio.Protocol):
         stream.remote_ended = event.stream_ended is not None
         self.streams[stream_id] = stream
         if len(self.streams) == 1:
-            self.deadline = INF  # not idle any more (other streams keep their body deadlines)
+            self.deadline = self._send_due  # not idle any more (other streams keep their body deadlines)
         self.requests += 1
         session = Session(head, self.peer, self.local, stream, tls=service.tls is not None)
         session.max_body = service.parser_limits["max_body"]  # HTTP/1.1 has it checked by its parser
@@ -586,12 +595,22 @@ class DownstreamH2(asyncio.Protocol):
     # timeouts (checked by the service's DeadlineSweep) -----------------------------------------
     def _idle(self) -> None:
         timeout = self.service.keepalive_timeout if self.requests else (self.service.header_timeout or self.service.keepalive_timeout)
-        self.deadline = self.loop.time() + timeout if timeout else INF
+        self._idle_due = self.loop.time() + timeout if timeout else INF
+        self.deadline = min(self._idle_due, self._send_due)
 
     def on_deadline(self, now: float) -> None:
-        self.deadline = INF
-        if not self.streams:  # idle too long: say goodbye
-            self.shutdown()
+        """Called at the earliest deadline, and at the next sweep after the client read again:
+        each check below acts only on its own timeout."""
+        if now >= self._send_due:
+            log.info("%s: client %s: took none of our HTTP/2 frames for %gs: connection closed", self.service.name, self.peer, self.service.send_timeout)
+            self.abort()
+            return
+        self.deadline = self._send_due
+        if not self.streams:
+            if now >= self._idle_due:  # idle too long: say goodbye
+                self.shutdown()
+            else:
+                self.deadline = min(self._idle_due, self._send_due)
             return
         timeout = self.service.body_timeout
         if timeout:  # request bodies that stopped arriving (nginx's client_body_timeout: 408)

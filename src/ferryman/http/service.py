@@ -37,6 +37,8 @@ class HttpProxyService:
 
     Timeouts (seconds, None = off): ``header_timeout`` for a whole request head
     (slowloris-proof), ``body_timeout`` between two reads of a request body (408),
+    ``send_timeout`` for a client that takes none of the response while our send buffer is
+    full (the connection is closed),
     ``keepalive_timeout`` for an idle client connection, ``upstream_read_timeout`` between
     upstream reads, ``tunnel_idle_timeout`` for an idle WebSocket/CONNECT tunnel. The upstream ``pool`` is per service and per process.
 
@@ -65,6 +67,7 @@ class HttpProxyService:
         pool: ConnectionPool | None = None,
         header_timeout: float | None = 60.0,
         body_timeout: float | None = 60.0,
+        send_timeout: float | None = 60.0,
         keepalive_timeout: float | None = 75.0,
         upstream_read_timeout: float | None = 60.0,
         max_request_line: int = 8192,
@@ -120,6 +123,7 @@ class HttpProxyService:
         self.proxy_header_timeout = proxy_header_timeout
         self.tunnel_idle_timeout = tunnel_idle_timeout
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self._pipes: PipePool | None = None
         self.has = {hook: overrides(app, hook) for hook in HOOKS}
         # these hooks may be plain functions (no coroutine per call) or coroutines (awaited)
@@ -130,7 +134,7 @@ class HttpProxyService:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
         self._sweep: DeadlineSweep | None = None
-        self.read_timeout_floor = min((t for t in (header_timeout, body_timeout, keepalive_timeout, upstream_read_timeout, pool_idle_timeout) if t), default=60.0)
+        self.read_timeout_floor = min((t for t in (header_timeout, body_timeout, send_timeout, keepalive_timeout, upstream_read_timeout, pool_idle_timeout) if t), default=60.0)
 
     @property
     def pool(self) -> ConnectionPool:
