@@ -96,3 +96,26 @@ async def test_an_http2_client_that_stops_reading_is_disconnected() -> None:
     finally:
         writer.transport.abort()
         await stop(proxy, server)
+
+
+async def test_an_http2_stream_whose_window_never_opens_is_reset_and_the_connection_goes_on() -> None:
+    """The client reads the connection but grants no flow-control credit: the stream (and
+    its upstream connection) would wait forever; it is reset after send_timeout."""
+    server, peer = await origin()
+    app = App(peer)
+    proxy = await start_proxy(app, send_timeout=0.5)
+    client = await H2Client.open(proxy.sock.getsockname()[1])
+    try:
+        stalled = client.get("/bytes/1000000")  # more than the default 64 KiB window
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not app.errors and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # not reading: no WINDOW_UPDATE goes out
+        assert len(app.errors) == 1 and app.errors[0] is not None
+        response = await client.response(stalled)  # now read: what came, then the reset
+        assert response["status"] == 200 and response["reset"] is not None
+        fine = await client.response(client.get("/"))
+        assert fine["status"] == 200 and fine["reset"] is None
+    finally:
+        await client.close()
+        await stop(proxy, server)

@@ -140,6 +140,7 @@ class H2Stream:
         self.remote_ended = False
         self.expected: int | None = None  # the request's content-length
         self.received = 0  # request body bytes
+        self.stalled_at = 0.0  # loop time the response last made progress while write_paused
         self._drained: asyncio.Future[None] | None = None
 
     # responses ---------------------------------------------------------------------------------
@@ -218,6 +219,7 @@ class H2Stream:
             self.end_after = True
         if self.out and not self.write_paused:
             self.write_paused = True
+            self.conn.watch_send(self)
             if self.exchange is not None:
                 self.exchange.on_downstream_write_paused()
 
@@ -249,7 +251,10 @@ class H2Stream:
 
     def send_pending(self) -> None:
         """Window opened (or the connection's transport drained): send what waits."""
+        waiting = sum(map(len, self.out))
         if not send_queued(self.conn, self.stream_id, self.out):
+            if sum(map(len, self.out)) < waiting:
+                self.stalled_at = self.loop.time()  # progress: the send timeout starts again
             return
         if self.end_after is not None and not self.local_ended:
             trailers, self.end_after = self.end_after, None
@@ -348,6 +353,21 @@ class H2Stream:
             exchange.on_request_end()
         elif exchange is None and self.local_ended:
             self._close()
+
+    def check_send_progress(self, now: float, timeout: float) -> None:
+        """Send timeout of this stream: its response waits on a window the client does not
+        open (it reads the connection, but grants no credit). The stream is reset; the
+        connection goes on."""
+        if not self.write_paused or self.closing:
+            return
+        if now - self.stalled_at >= timeout:
+            log.info("%s: client %s: stream %d got no window for %gs: reset", self.service.name, self.conn.peer, self.stream_id, timeout)
+            exchange = self.exchange
+            self._reset(ErrorCodes.CANCEL)
+            if exchange is not None:
+                exchange.on_downstream_lost()
+        else:
+            self.conn.deadline = min(self.conn.deadline, self.stalled_at + timeout)
 
     def check_body_progress(self, now: float, timeout: float) -> None:
         """Body read timeout of this stream; time spent with credit withheld (the upstream
@@ -616,6 +636,17 @@ class DownstreamH2(asyncio.Protocol):
         if timeout:  # request bodies that stopped arriving (nginx's client_body_timeout: 408)
             for stream in list(self.streams.values()):
                 stream.check_body_progress(now, timeout)
+        timeout = self.service.send_timeout
+        if timeout:  # responses waiting on windows the client does not open
+            for stream in list(self.streams.values()):
+                stream.check_send_progress(now, timeout)
+
+    def watch_send(self, stream: H2Stream) -> None:
+        """A response now waits (window or transport): check it within ``send_timeout``."""
+        timeout = self.service.send_timeout
+        if timeout:
+            stream.stalled_at = self.loop.time()
+            self.deadline = min(self.deadline, stream.stalled_at + timeout)
 
     def watch_body(self, stream: H2Stream) -> None:
         """A request body is on its way: check it within ``body_timeout``."""
