@@ -398,6 +398,7 @@ class ListenerConfig(Strict):
     # http
     header_timeout: Duration = 60.0
     keepalive_timeout: Duration = 75.0
+    keepalive_requests: int = Field(default=1000, ge=0)
     body_timeout: Duration = 60.0
     send_timeout: Duration = 60.0
     max_body_size: Size | None = None

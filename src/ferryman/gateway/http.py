@@ -404,6 +404,7 @@ def build_http_service(
         body_timeout=cfg.body_timeout,
         send_timeout=cfg.send_timeout,
         keepalive_timeout=cfg.keepalive_timeout,
+        keepalive_requests=cfg.keepalive_requests or None,
         upstream_read_timeout=read_timeout,
         max_body=cfg.max_body_size,
         forwarded_headers=cfg.forwarded_headers,

@@ -207,8 +207,9 @@ class DownstreamH1(asyncio.Protocol):
         self._cancel_timer()
         self._head_started = False
         self.requests += 1
-        if not head.keep_alive or self.closing:
-            self.keep_alive = False
+        limit = self.service.keepalive_requests
+        if not head.keep_alive or self.closing or (limit and self.requests >= limit):
+            self.keep_alive = False  # the last request of this connection: Connection: close
         session = Session(head, self.peer, self.local, self, tls=self.service.tls is not None)
         service = self.service
         if service.has["new_ctx"]:

@@ -39,7 +39,8 @@ class HttpProxyService:
     (slowloris-proof), ``body_timeout`` between two reads of a request body (408),
     ``send_timeout`` for a client that takes none of the response while our send buffer is
     full (the connection is closed),
-    ``keepalive_timeout`` for an idle client connection, ``upstream_read_timeout`` between
+    ``keepalive_timeout`` for an idle client connection (an HTTP/1.1 one serves at most
+    ``keepalive_requests``, None: no limit), ``upstream_read_timeout`` between
     upstream reads, ``tunnel_idle_timeout`` for an idle WebSocket/CONNECT tunnel. The upstream ``pool`` is per service and per process.
 
     ``forwarded_headers``: True or ``"x-forwarded"`` (X-Forwarded-For/-Proto/-Host),
@@ -69,6 +70,7 @@ class HttpProxyService:
         body_timeout: float | None = 60.0,
         send_timeout: float | None = 60.0,
         keepalive_timeout: float | None = 75.0,
+        keepalive_requests: int | None = 1000,
         upstream_read_timeout: float | None = 60.0,
         max_request_line: int = 8192,
         max_header_bytes: int = 32768,
@@ -109,6 +111,7 @@ class HttpProxyService:
         self.pool_size, self.pool_idle_timeout = pool_size, pool_idle_timeout
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.keepalive_requests = keepalive_requests
         self.upstream_read_timeout = upstream_read_timeout
         self.parser_limits = {
             "max_request_line": max_request_line, "max_header_bytes": max_header_bytes,
