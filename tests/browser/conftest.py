@@ -8,19 +8,17 @@ Each test gets a fresh browser profile (user-data-dir) in its tmp_path.
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from support.process import LOCAL, Running, free_port, http_get
+from support.process import LOCAL, HttpOrigin, Running, free_port, http_get
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,44 +31,12 @@ USER_HASH = "$pbkdf2-sha256$1000$MDEyMzQ1Njc4OWFiY2RlZg$..sSXOQvlvzODycSc6GAGIcb
 TIMEOUT_MS = 15_000  # Playwright's waits (expect, clicks): bounded, and generous for 2 busy cores
 
 
-class NamedOrigin:
-    """A threaded HTTP origin answering ``origin NAME`` and counting the requests it got."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.hits = 0
-        lock = threading.Lock()
-        origin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                with lock:
-                    origin.hits += 1
-                body = f"origin {origin.name}".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer((LOCAL, 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.address = f"{LOCAL}:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+def named_origin(name: str) -> HttpOrigin:
+    """An origin answering ``origin NAME`` over kept-alive connections, counting its requests."""
+    return HttpOrigin(f"origin {name}", keep_alive=True)
 
 
-def site_config(admin: int, web: int, a: NamedOrigin, b: NamedOrigin, refused: int, extra: str = "") -> str:
+def site_config(admin: int, web: int, a: HttpOrigin, b: HttpOrigin, refused: int, extra: str = "") -> str:
     return f"""[server]
 workers = 1
 grace_period = "1s"
@@ -101,7 +67,7 @@ kind = "mock"
 body = "pong"
 
 [upstreams.app]
-backends = ["{a.address}", "{b.address}"]
+backends = ["{a.addr}", "{b.addr}"]
 
 [upstreams.gone]
 backends = ["{LOCAL}:{refused}"]
@@ -117,8 +83,8 @@ class Site:
     path: Path
     admin: int
     web: int
-    a: NamedOrigin
-    b: NamedOrigin
+    a: HttpOrigin
+    b: HttpOrigin
     extra: dict[str, Any] = field(default_factory=dict)
     token: str = TOKEN
 
@@ -150,7 +116,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    a, b = NamedOrigin("a"), NamedOrigin("b")
+    a, b = named_origin("a"), named_origin("b")
     admin, web, refused = free_port(), free_port(), free_port()  # nothing listens on `refused`
     path = tmp_path / "ferryman.toml"
     path.write_text(site_config(admin, web, a, b, refused))

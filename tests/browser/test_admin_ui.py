@@ -82,10 +82,10 @@ def test_an_admin_user_signs_in_with_a_password_and_changes_are_logged_with_the_
     expect(page.locator("#view-overview")).to_be_visible()
     assert page.evaluate(f"sessionStorage.getItem({AUTH_KEY!r})").startswith("Basic ")
     page.click("#tabs a[data-tab=upstreams]")
-    row = page.locator(f'[data-upstream="app"] tr[data-backend="{site.b.address}"]')
+    row = page.locator(f'[data-upstream="app"] tr[data-backend="{site.b.addr}"]')
     row.locator("button[data-action=disable]").click()
     expect(row).to_have_attribute("data-state", "disabled")
-    site.proc.wait_for(rf"admin: \S+ \(user {USER}\): disable backend {re.escape(site.b.address)}")
+    site.proc.wait_for(rf"admin: \S+ \(user {USER}\): disable backend {re.escape(site.b.addr)}")
     row.locator("button[data-action=enable]").click()
     expect(row).to_have_attribute("data-state", "healthy")
 
@@ -107,13 +107,13 @@ def test_the_request_and_error_rates_rise_with_traffic(ui: Page, site) -> None:
 
 def test_a_backend_is_drained_disabled_and_enabled_with_the_buttons(ui: Page, site) -> None:
     ui.click("#tabs a[data-tab=upstreams]")
-    row_a = ui.locator(f'[data-upstream="app"] tr[data-backend="{site.a.address}"]')
-    row_b = ui.locator(f'[data-upstream="app"] tr[data-backend="{site.b.address}"]')
+    row_a = ui.locator(f'[data-upstream="app"] tr[data-backend="{site.a.addr}"]')
+    row_b = ui.locator(f'[data-upstream="app"] tr[data-backend="{site.b.addr}"]')
     expect(row_b).to_have_attribute("data-state", "healthy")
 
     row_b.locator("button[data-action=drain]").click()
     expect(row_b).to_have_attribute("data-state", "disabled")
-    assert site.backend("app", site.b.address)["disabled"] is True
+    assert site.backend("app", site.b.addr)["disabled"] is True
     before = site.b.hits
     for _ in range(8):
         assert site.get("/")[1] == b"origin a"
@@ -121,19 +121,19 @@ def test_a_backend_is_drained_disabled_and_enabled_with_the_buttons(ui: Page, si
 
     row_b.locator("button[data-action=enable]").click()
     expect(row_b).to_have_attribute("data-state", "healthy")
-    assert site.backend("app", site.b.address)["disabled"] is False
+    assert site.backend("app", site.b.addr)["disabled"] is False
     answers = {site.get("/")[1] for _ in range(6)}
     assert answers == {b"origin a", b"origin b"}
 
     row_a.locator("button[data-action=disable]").click()
     expect(row_a).to_have_attribute("data-state", "disabled")
-    assert site.backend("app", site.a.address)["disabled"] is True
+    assert site.backend("app", site.a.addr)["disabled"] is True
     before = site.a.hits
     assert {site.get("/")[1] for _ in range(6)} == {b"origin b"}
     assert site.a.hits == before
     row_a.locator("button[data-action=enable]").click()
     expect(row_a).to_have_attribute("data-state", "healthy")
-    assert site.backend("app", site.a.address)["disabled"] is False
+    assert site.backend("app", site.a.addr)["disabled"] is False
 
 
 def test_a_config_with_errors_shows_them_inline_with_their_paths_and_applies_nothing(ui: Page, site) -> None:

@@ -193,11 +193,20 @@ def gone(pid: int) -> bool:
 
 class HttpOrigin:
     """A threaded HTTP origin in the test process: GET answers ``origin <path>``, or
-    ``name`` when one is given (to tell origins apart)."""
+    ``name`` when one is given (to tell origins apart); ``hits`` counts the GETs.
+    ``keep_alive``: speak HTTP/1.1 with persistent connections (else one request each)."""
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, keep_alive: bool = False) -> None:
+        self.hits = 0
+        lock = threading.Lock()
+        origin = self
+
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                with lock:
+                    origin.hits += 1
                 body = (name if name is not None else f"origin {self.path}").encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
