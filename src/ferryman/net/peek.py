@@ -47,6 +47,24 @@ async def wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, de
     reactor.park(fd)
 
 
+async def peek(sock: socket.socket, size: int, deadline: float, what: str, timeout: float, taken: int) -> bytes:
+    """Up to ``size`` bytes queued on ``sock``, left there (MSG_PEEK), waiting for some until
+    ``deadline``. ``taken``: bytes of ``what`` consumed before (for the message). ProxyError
+    on a reset, an EOF or the deadline."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data = sock.recv(max(1, size), socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            await wait_readable(loop, sock, deadline, f"{what} within {timeout:g}s")
+            continue
+        except OSError as exc:
+            raise ProxyError(ErrorKind.CONNECTION_RESET, ErrorSource.DOWNSTREAM, context=f"client reset the connection before its {what} ended") from exc
+        if not data:
+            raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context=f"client closed the connection after {taken} bytes, before its {what} ended")
+        return data
+
+
 async def read_proxy_header(sock: socket.socket, *, timeout: float) -> proxy_protocol.ProxyHeader:
     """The PROXY v1/v2 header a connection starts with, and not one byte more (TLS follows).
 
@@ -54,19 +72,10 @@ async def read_proxy_header(sock: socket.socket, *, timeout: float) -> proxy_pro
     that arrives in several reads are consumed as they come (they are all header bytes).
     Raises ProxyError for a malformed header, EOF, or no complete header within ``timeout``.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = asyncio.get_running_loop().time() + timeout
     taken = bytearray()
     while True:
-        try:
-            data = sock.recv(max(1, PROXY_HEADER_MAX - len(taken)), socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            await wait_readable(loop, sock, deadline, f"PROXY header within {timeout:g}s")
-            continue
-        except OSError as exc:
-            raise ProxyError(ErrorKind.CONNECTION_RESET, ErrorSource.DOWNSTREAM, context="client reset the connection before its PROXY header ended") from exc
-        if not data:
-            raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context=f"client closed the connection after {len(taken)} bytes, before its PROXY header ended")
+        data = await peek(sock, PROXY_HEADER_MAX - len(taken), deadline, "PROXY header", timeout, len(taken))
         seen = taken + data
         try:
             header, used = proxy_protocol.parse(seen)

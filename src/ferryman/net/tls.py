@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 from ferryman.errors import ErrorKind, ErrorSource, ProxyError
-from ferryman.net.peek import recv_exactly, wait_readable
+from ferryman.net.peek import peek, recv_exactly
 from ferryman.protocol.tls_hello import (
     MAX_HELLO,
     MAX_RECORDS,
@@ -726,20 +726,11 @@ async def read_client_hello(
     spin. ``prefix``: bytes already read (after a PROXY header). Raises ProxyError for a
     malformed hello, EOF, or no complete hello within ``timeout`` seconds.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = asyncio.get_running_loop().time() + timeout
     limit = max_size + 5 * MAX_RECORDS
     taken = bytearray(prefix)
     while True:
-        try:
-            data = sock.recv(max(1, limit - len(taken)), socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            await wait_readable(loop, sock, deadline, f"TLS ClientHello within {timeout:g}s")
-            continue
-        except OSError as exc:
-            raise ProxyError(ErrorKind.CONNECTION_RESET, ErrorSource.DOWNSTREAM, context="client reset the connection before its ClientHello ended") from exc
-        if not data:
-            raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context=f"client closed the connection after {len(taken)} bytes, before its ClientHello ended")
+        data = await peek(sock, limit - len(taken), deadline, "TLS ClientHello", timeout, len(taken))
         seen = taken + data
         try:
             result = parse_client_hello(seen, max_size=max_size)
