@@ -69,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f" at revision {source.revision}" if source is not None else ""
         print(f"{name}: ok{where} ({len(config.listeners)} listeners, {len(config.upstreams)} upstreams)")
         return 0
-    if args.command == "upgrade" and source is not None:
-        print("ferryman: upgrade is not available for a config from etcd: restart the process instead", file=sys.stderr)
-        return 2
     if args.command in ("reload", "upgrade"):
         return _signal(config, args.pid, args.command)
     if source is not None:

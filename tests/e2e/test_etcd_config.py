@@ -18,7 +18,7 @@ import pytest
 from ferryman.config.etcd import EtcdSource
 from ferryman.config.etcd_watch import EtcdWatcher
 from support.etcd import Etcd, running_etcd
-from support.process import LOCAL, HttpOrigin, children, ferryman_cli, free_port, http_get, running, wait_until
+from support.process import LOCAL, HttpOrigin, children, ferryman_cli, free_port, gone, http_get, running, wait_until
 
 RELOAD_TIMEOUT = 15.0  # a change must be served within this (the debounce is 0.2 s)
 
@@ -101,8 +101,97 @@ def test_run_serves_the_keys_and_a_changed_key_moves_traffic(etcd: Etcd, origins
         assert reload.returncode == 0, reload.stderr
         wait_until(lambda: admin_json(admin)[1]["entries"][0]["action"] == "signal", RELOAD_TIMEOUT, "the signalled reload")
         assert admin_json(admin)[1]["entries"][0]["ok"]
-        upgrade = ferryman_cli("upgrade", "-c", etcd.url(prefix), "--pid", str(proc.pid))
-        assert upgrade.returncode == 2 and "not available for a config from etcd" in upgrade.stderr
+        assert proc.stop(10) == 0
+
+
+def master_pid(pid_file: Path) -> int:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+class NewConnections:
+    """A client on a thread: one request per connection until stopped; failures are kept."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.done, self.failures = port, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for _ in range(100_000):  # bounded; stopped long before
+            if self._stop.is_set():
+                return
+            try:
+                if body(self.port) in (b"a", b"b"):
+                    self.done += 1
+                else:
+                    self.failures.append("unexpected body")
+            except OSError as exc:
+                self.failures.append(repr(exc))
+
+    def __enter__(self) -> NewConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_binary_upgrade_keeps_serving_and_the_new_master_watches_etcd(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str, tmp_path: Path, workers: int) -> None:
+    """``ferryman upgrade -c etcd://...``: the new master is started on the same URL, takes the
+    listening sockets, reads the keys itself and watches them; no request fails meanwhile."""
+    a, b = origins
+    port = free_port()
+    pid_file = tmp_path / "ferryman.pid"
+    keys = site_keys(prefix, port, a.addr, workers=workers)
+    keys[f"{prefix}/server"] += f'pid_file = "{pid_file}"\n'
+    seed(etcd, keys)
+    successor = 0
+    try:
+        with running(etcd.url(prefix)) as proc:  # type: ignore[arg-type]
+            proc.wait_ready()
+            wait_until(lambda: master_pid(pid_file) == proc.pid, 10, "the pid file")
+            assert body(port) == b"a"
+            with NewConnections(port) as client:
+                wait_until(lambda: client.done > 0, 10, "traffic")
+                upgrade = ferryman_cli("upgrade", "-c", etcd.url(prefix))  # validates the keys, then SIGUSR2 to the pid file's process
+                assert upgrade.returncode == 0, upgrade.stderr
+                wait_until(lambda: master_pid(pid_file) not in (0, proc.pid), 30, "a new master in the pid file")
+                successor = master_pid(pid_file)
+                wait_until(lambda: gone(proc.pid), 15, "the old master to drain and exit")
+                before = client.done
+                wait_until(lambda: client.done > before, 10, "traffic through the new master")
+            assert not client.failures, client.failures[:5]
+            etcd.put(f"{prefix}/upstreams/app", f'backends = ["{b.addr}"]\n')  # the new master's own watch
+            wait_until(lambda: body(port) == b"b", RELOAD_TIMEOUT, "the new master to follow the changed key")
+            if workers > 1:
+                assert len(children(successor)) == workers
+            os.kill(successor, signal.SIGTERM)
+            wait_until(lambda: gone(successor), 15, "the new master to stop")
+    finally:
+        if successor and not gone(successor):
+            os.kill(successor, signal.SIGKILL)
+
+
+def test_an_upgrade_whose_keys_do_not_validate_keeps_the_old_master(etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
+    """SIGUSR2 re-reads the keys before starting anything: a bad key is logged with its name
+    and the running master serves on (the keys it loaded before stay in force)."""
+    a, _ = origins
+    port = free_port()
+    seed(etcd, site_keys(prefix, port, a.addr))
+    with running(etcd.url(prefix)) as proc:  # type: ignore[arg-type]
+        proc.wait_ready()
+        assert body(port) == b"a"
+        etcd.put(f"{prefix}/upstreams/app", 'backends = ["127.0.0.1:99999"]\n')  # the watch refuses it too
+        proc.wait_for(rf"upstreams\.app\.backends\[0\]: .*\(etcd key {prefix}/upstreams/app\)", RELOAD_TIMEOUT)
+        os.kill(proc.pid, signal.SIGUSR2)
+        proc.wait_for(r"upgrade failed, still serving: etcd://.* is not valid", timeout=30)
+        assert body(port) == b"a"
+        assert not children(proc.pid)  # no new master was started beside it
         assert proc.stop(10) == 0
 
 

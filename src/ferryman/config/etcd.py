@@ -29,11 +29,14 @@ class EtcdSource:
         self.revision = 0
         self.fingerprint = ""
         self.pushed = 0  # the revision of this process's last write (the admin API's apply)
+        self.text = url.redacted()  # ``-c`` as given (with the password): what a binary upgrade's new master is started with
 
     @classmethod
     def parse(cls, text: str) -> EtcdSource:
         """From ``-c``'s text; a ValueError says what is wrong with the URL."""
-        return cls(parse_etcd_url(text))
+        source = cls(parse_etcd_url(text))
+        source.text = text
+        return source
 
     @property
     def name(self) -> str:

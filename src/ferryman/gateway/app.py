@@ -112,6 +112,13 @@ class Gateway:
             for sock in handed.values():  # listeners the new config no longer has
                 sock.close()
 
+    @property
+    def config_arg(self) -> str | None:
+        """``-c`` for a new master (binary upgrade): the file, or the etcd URL as given."""
+        if self.source is not None:
+            return self.source.text
+        return str(self.path) if self.path is not None else None
+
     def master_sockets(self) -> dict[str, socket.socket]:
         """What a binary upgrade hands on when there are workers: the master's sockets."""
         out = {name: sock for name, sock in self.sockets.items() if sock.fileno() >= 0}
@@ -299,7 +306,7 @@ def serve(config: Config, path: str | Path | None = None, source: EtcdSource | N
             config.server.workers, lambda index: _worker(gateway, index), config.server.grace_period, on_stop=gateway.close,
             balancer_main=(lambda: balance_main(gateway)) if gateway.channels else None,
             on_reload=gateway.reload_config, changed=changed,
-            on_upgrade=_no_upgrade if source is not None else (lambda: path is not None and upgrade(gateway.master_sockets(), str(path)) is not None),
+            on_upgrade=lambda: gateway.config_arg is not None and upgrade(gateway.master_sockets(), gateway.config_arg) is not None,
             on_started=notify_ready,
         )
     finally:
@@ -308,11 +315,6 @@ def serve(config: Config, path: str | Path | None = None, source: EtcdSource | N
         gateway.close()
         if pid_file is not None and _pid_in(pid_file) == os.getpid():  # not a successor's
             pid_file.unlink(missing_ok=True)
-
-
-def _no_upgrade() -> bool:
-    log.warning("upgrade: not available with a config from etcd (restart the process instead)")
-    return False
 
 
 def _etcd_changed(gateway: Gateway, watch: MasterWatch) -> bool:

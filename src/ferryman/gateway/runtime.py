@@ -172,14 +172,15 @@ class Runtime:
     async def upgrade(self) -> None:
         """SIGUSR2 in a single process: hand our listening sockets to a new ferryman started
         from the installed code; once it serves, drain and exit (a failure keeps us serving)."""
-        if self.gateway.path is None:
-            log.warning("upgrade: no config file to start a new process from")
+        config = self.gateway.config_arg
+        if config is None:
+            log.warning("upgrade: no config file or etcd URL to start a new process from")
             return
         sockets = {name: listener.service.sock for name, listener in self.listeners.items()}
         for name, sock in ((DEMO, self.gateway.demo_sock), (ADMIN, self.gateway.admin_sock)):
             if sock is not None and sock.fileno() >= 0:
                 sockets[name] = sock
-        pid = await asyncio.get_running_loop().run_in_executor(None, upgrade, sockets, str(self.gateway.path))
+        pid = await asyncio.get_running_loop().run_in_executor(None, upgrade, sockets, config)
         if pid is not None:
             self.server.shutdown()
 

@@ -29,21 +29,18 @@ READY_FD = "FERRYMAN_READY_FD"
 UPGRADE_TIMEOUT = 30.0
 
 
-def upgrade(sockets: Mapping[str, socket.socket], config_path: str, timeout: float = UPGRADE_TIMEOUT) -> int | None:
-    """Start a new master on ``config_path`` with our listeners; its pid once it is ready,
-    None (and the new process stopped) when it failed or was not ready in ``timeout``."""
-    from ..config.load import load_file
-    from ..errors import ConfigError
-
-    try:  # the common failure, caught at once: the new process would refuse the file
-        load_file(config_path)
-    except ConfigError as exc:
-        log.error("upgrade failed, still serving: %s is not valid:\n%s", config_path, exc.render())
+def upgrade(sockets: Mapping[str, socket.socket], config: str, timeout: float = UPGRADE_TIMEOUT) -> int | None:
+    """Start a new master on ``config`` (``-c``: a file or an etcd URL) with our listeners;
+    its pid once it is ready, None (and the new process stopped) when it failed or was not
+    ready in ``timeout``."""
+    problem = _config_problem(config)
+    if problem is not None:  # the common failure, caught at once: the new process would refuse it
+        log.error("upgrade failed, still serving: %s", problem)
         return None
     path = os.path.join(tempfile.gettempdir(), f"ferryman-upgrade-{os.getpid()}.sock")
     read_end, write_end = os.pipe()
     env = {**os.environ, UPGRADE_FROM: path, READY_FD: str(write_end)}
-    argv = [sys.executable, "-m", "ferryman", "run", "-c", config_path]
+    argv = [sys.executable, "-m", "ferryman", "run", "-c", config]
     try:
         proc = subprocess.Popen(argv, env=env, pass_fds=(write_end,))
     except OSError as exc:
@@ -67,6 +64,30 @@ def upgrade(sockets: Mapping[str, socket.socket], config_path: str, timeout: flo
         os.close(read_end)
     log.info("upgrade: new master pid %d is ready; this one (pid %d) drains and exits", proc.pid, os.getpid())
     return proc.pid
+
+
+def _config_problem(config: str) -> str | None:
+    """Why a new master could not start on ``config`` (None: it would): the file or the etcd
+    keys are read and validated as ``ferryman check`` does."""
+    from ..config.etcd import EtcdError, EtcdSource, is_etcd_url
+    from ..config.load import load_file
+    from ..errors import ConfigError
+
+    try:
+        if is_etcd_url(config):
+            source = EtcdSource.parse(config)
+            name = source.name
+            source.load()
+        else:
+            name = config
+            load_file(config)
+    except ConfigError as exc:
+        return f"{name} is not valid:\n{exc.render()}"
+    except EtcdError as exc:
+        return f"{name}: {exc}"
+    except ValueError as exc:
+        return f"bad etcd URL: {exc}"
+    return None
 
 
 def _wait_ready(fd: int, proc: subprocess.Popen, deadline: float) -> bool:
