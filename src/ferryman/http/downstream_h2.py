@@ -33,7 +33,7 @@ from h2.events import (
 from ..net.sweep import INF
 from ..protocol.h1.events import BodyKind, ResponseHead
 from ..protocol.h1.headers import strip_hop_by_hop
-from ..protocol.h2 import Credit, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed, request_head, response_block, trailer_block
+from ..protocol.h2 import Credit, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed, RequestHeads, response_block, trailer_block
 from .exchange import Exchange, _drop
 from .h2_send import send_queued
 from .session import Session
@@ -70,8 +70,7 @@ class H2Exchange(Exchange):
             body = b"".join(self.resp_buffer)
             self.resp_buffer.clear()
             s.bytes_sent += len(body)
-            stream.send_head(s.response_status, headers, not body)
-            stream.write(body, True)
+            stream.send_whole(s.response_status, headers, body)
         else:
             stream.send_head(s.response_status, headers, self.resp_mode == "none")
             for data in self.resp_buffer:
@@ -120,28 +119,29 @@ class H2Stream:
 
     tunnel = False
     detached = False
+    # (class-level defaults: set on the instance only when they change; a stream is made per request)
+    keep_alive = True  # the exchange may clear it: meaningless per stream
+    body_activity = 0.0
+    pending_file: tuple[int, int, int] | None = None
+    end_after: list | bool | None = None  # end once ``out`` is sent (trailers or True)
+    expected: int | None = None  # the request's content-length
+    received = 0  # request body bytes
+    stalled_at = 0.0  # loop time the response last made progress while write_paused
+    _drained: asyncio.Future[None] | None = None
 
-    def __init__(self, conn: DownstreamH2, stream_id: int) -> None:
+    def __init__(self, conn: DownstreamH2, stream_id: int, remote_ended: bool) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.service = conn.service
         self.loop = conn.loop
         self.transport = conn.transport  # for Session.ssl_object
         self.exchange: H2Exchange | None = None
-        self.keep_alive = True  # the exchange may clear it: meaningless per stream
         self.closing = False  # reset either way, or the connection is gone
         self.write_paused = False
-        self.body_activity = 0.0
-        self.pending_file: tuple[int, int, int] | None = None
         self.credit = Credit()
         self.out: deque[bytes] = deque()
-        self.end_after: list | bool | None = None  # end once ``out`` is sent (trailers or True)
         self.local_ended = False  # END_STREAM sent (or the stream was reset)
-        self.remote_ended = False
-        self.expected: int | None = None  # the request's content-length
-        self.received = 0  # request body bytes
-        self.stalled_at = 0.0  # loop time the response last made progress while write_paused
-        self._drained: asyncio.Future[None] | None = None
+        self.remote_ended = remote_ended
 
     # responses ---------------------------------------------------------------------------------
     def send_head(self, status: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
@@ -151,6 +151,19 @@ class H2Stream:
         if end_stream:
             self._ended()
         self.conn.schedule_flush()
+
+    def send_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response: HEADERS and DATA with END_STREAM in one step when nothing waits
+        and the windows take the body (the usual small response), else head then body."""
+        if self.local_ended:
+            return
+        conn = self.conn
+        if body and not self.out and not conn.write_blocked and conn.endpoint.send_response(self.stream_id, response_block(status, headers), body):
+            self._ended()
+            conn.schedule_flush()
+            return
+        self.send_head(status, headers, not body)
+        self.write(body, True)
 
     def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.local_ended:
@@ -415,6 +428,7 @@ class DownstreamH2(asyncio.Protocol):
         self._idle_due = INF  # idle (keep-alive) timeout while no stream is open
         self._send_due = INF  # while the client takes none of our bytes: when we give up (send_timeout)
         self._flush_scheduled = False
+        self._request_heads = RequestHeads()  # request blocks seen on this connection -> heads
 
     def start(self, data: bytes) -> None:
         self.service.connections.add(self)
@@ -448,14 +462,14 @@ class DownstreamH2(asyncio.Protocol):
         streams = self.streams
         for event in events:
             kind = type(event)
-            if kind is DataReceived:
+            if kind is RequestReceived:
+                self._request(event)
+            elif kind is DataReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.on_data(event.data, event.flow_controlled_length)
                 else:  # a stream we already closed: the connection window still counts it
                     self.endpoint.ack(event.stream_id, event.flow_controlled_length)
-            elif kind is RequestReceived:
-                self._request(event)
             elif kind is StreamEnded:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -554,14 +568,14 @@ class DownstreamH2(asyncio.Protocol):
         if self.draining or self.closing:
             self.endpoint.reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        head = request_head(event.headers, event.stream_ended is not None)
-        if event.stream_ended is not None and head.get(b"content-length") not in (None, b"0"):
+        ended = event.stream_ended is not None
+        head = self._request_heads(event.headers, ended)
+        if head is None:
             self._malformed(stream_id, "content-length without DATA")  # RFC 9113 §8.1.1
             return
-        stream = H2Stream(self, stream_id)
+        stream = H2Stream(self, stream_id, ended)
         if head.body.kind is BodyKind.LENGTH:
             stream.expected = head.body.length
-        stream.remote_ended = event.stream_ended is not None
         self.streams[stream_id] = stream
         if len(self.streams) == 1:
             self.deadline = self._send_due  # not idle any more (other streams keep their body deadlines)

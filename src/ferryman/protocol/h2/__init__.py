@@ -4,9 +4,9 @@ policy (:mod:`.credit`)."""
 
 from .credit import Credit
 from .endpoint import PREFACE, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed
-from .headers import VERSION, request_block, request_head, response_block, response_head, trailer_block
+from .headers import VERSION, RequestHeads, request_block, request_head, response_block, response_head, trailer_block
 
 __all__ = [
-    "PREFACE", "VERSION", "Credit", "ErrorCodes", "H2ConnectionError", "H2Endpoint", "Malformed",
+    "PREFACE", "VERSION", "Credit", "ErrorCodes", "H2ConnectionError", "H2Endpoint", "Malformed", "RequestHeads",
     "request_block", "request_head", "response_block", "response_head", "trailer_block",
 ]

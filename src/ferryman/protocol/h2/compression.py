@@ -11,7 +11,9 @@ that polls or streams to one endpoint. So:
   and memoised. Indexing policy as nghttp2's: sensitive fields (``authorization``, short
   cookies) are never indexed; fields that change on every message (``:path``,
   ``content-length``, ``etag`` ...) and entries larger than 3/4 of the table are sent as
-  literals without indexing, so they do not evict useful entries.
+  literals without indexing, so they do not evict useful entries. A whole block that
+  left the table as it was is remembered too: the same header list encodes to the same
+  bytes until the next insertion (or a new table size).
 * :class:`Decoder` (a ``hpack.Decoder``) memoises the blocks that did not change the
   dynamic table (indexed fields and literals without indexing): such a block decodes to
   the same fields for as long as the table does not change. A block that changed the
@@ -50,7 +52,8 @@ _ENTRY_OVERHEAD = 32  # RFC 7541 §4.1
 # Memos are per connection and bounded in entries and in the size of what they keep (a
 # peer sending many large distinct blocks must not make a connection hold megabytes).
 _LITERALS_LIMIT, _LITERAL_SIZE = 128, 1024  # literal fields: entries, name + value bytes
-_BLOCKS_LIMIT, _BLOCK_SIZE = 64, 512  # decoded blocks: entries, encoded bytes
+_BLOCKS_LIMIT, _BLOCK_SIZE = 64, 512  # decoded (and encoded) blocks: entries, encoded bytes
+_BLOCK_RAW = 4096  # encoded blocks: their fields' name + value bytes
 
 _huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 
@@ -83,6 +86,14 @@ def _string(data: bytes) -> bytes:
     return encode_integer(len(data), 7) + data
 
 
+def _raw_size(fields: tuple) -> int:
+    """The name and value bytes of a header list (more than any limit if not measurable)."""
+    try:
+        return sum(len(field[0]) + len(field[1]) for field in fields)
+    except (TypeError, IndexError):
+        return 1 << 62
+
+
 def _literal(name: bytes, value: bytes, kind: int) -> bytes:
     """A literal field (§6.2): ``kind`` 0x40 incremental indexing, 0x00 without indexing,
     0x10 never indexed; the name by static index when there is one."""
@@ -107,6 +118,7 @@ class Encoder:
         self._inserted = 0  # insertions so far: the newest entry has number _inserted - 1
         self._resize: list[int] = []  # table size updates to signal at the start of the next block
         self._literals: dict[tuple[bytes, bytes], tuple[bytes, bool]] = {}  # field -> (literal, indexed)
+        self._blocks: dict[tuple, tuple[bytes, int]] = {}  # header list -> (block, _inserted when it was encoded)
 
     @property
     def header_table_size(self) -> int:
@@ -129,6 +141,7 @@ class Encoder:
                 resize.append(value)
         self._max = value
         self._literals.clear()  # indexing choices depend on the table size
+        self._blocks.clear()
         self._evict(0)
 
     def _evict(self, room: int) -> None:
@@ -141,6 +154,29 @@ class Encoder:
                 del numbers[field]
 
     def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        """A header block; a list of plain ``(name, value)`` tuples that was encoded before
+        without changing the table encodes to the same bytes for as long as nothing was
+        inserted since (evictions come only with insertions or a new table size)."""
+        if self._resize:
+            self._blocks.clear()
+            return self._encode(headers)
+        for field in headers:
+            if type(field) is not tuple:  # never-indexed and other special fields: field by field
+                return self._encode(headers)
+        key = tuple(headers)
+        memo = self._blocks.get(key)
+        inserted = self._inserted
+        if memo is not None and memo[1] == inserted:
+            return memo[0]
+        block = self._encode(headers)
+        if self._inserted == inserted and len(block) <= _BLOCK_SIZE and _raw_size(key) <= _BLOCK_RAW:
+            blocks = self._blocks  # (it left the table as it was, and it is small)
+            if len(blocks) >= _BLOCKS_LIMIT:
+                blocks.clear()
+            blocks[key] = (block, inserted)
+        return block
+
+    def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         out = []
         if self._resize:
             out.extend(encode_integer(size, 5, 0x20) for size in self._resize)
@@ -162,7 +198,7 @@ class Encoder:
             memo = literals.get(field)
             if memo is None:
                 if type(field[0]) is not bytes or type(field[1]) is not bytes:  # a hook's str or int
-                    out.append(self.encode([(_to_bytes(field[0]), _to_bytes(field[1]))]))
+                    out.append(self._encode([(_to_bytes(field[0]), _to_bytes(field[1]))]))
                     continue
                 memo = self._literal(field)
             literal, indexed = memo
@@ -178,7 +214,7 @@ class Encoder:
         sensitive = not field.indexable if isinstance(field, HeaderTuple) else len(field) > 2 and bool(field[2])
         if sensitive:
             return _literal(name, value, 0x10)
-        return self.encode([(name, value)])
+        return self._encode([(name, value)])
 
     def _literal(self, field: tuple[bytes, bytes]) -> tuple[bytes, bool]:
         name, value = field

@@ -11,6 +11,11 @@ of every request take lean paths.
   HPACK goes through :mod:`.compression`; a header block validated once is not validated
   again. Every other frame, and anything unusual about these (padding, CONTINUATION, a
   frame cut across reads), goes through h2's own code.
+* Per request, a server also skips h2's stream machinery where its outcome is known: a
+  request block validated before opens its stream by setting what h2's ``receive_headers``
+  would set (:meth:`Connection._request_received`); a whole small response goes out as
+  HEADERS + DATA in one step (:meth:`Connection.send_response`); streams are built without
+  running h2's constructors (:func:`_built_stream`, checked against them at import).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from h2.connection import (
     H2Connection,
 )
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated
+from h2.events import ConnectionTerminated, RequestReceived, StreamEnded
 from h2.exceptions import (
     DenialOfServiceError,
     FlowControlError,
@@ -37,14 +42,22 @@ from h2.exceptions import (
     StreamIDTooLowError,
     TooManyStreamsError,
 )
-from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs, StreamState
+from h2.stream import (
+    H2Stream,
+    H2StreamStateMachine,
+    StreamClosedBy,
+    StreamInputs,
+    StreamState,
+)
 from h2.stream import _transitions as _STREAM_TRANSITIONS
 from h2.utilities import (
+    HeaderValidationFlags,
     authority_from_headers,
     extract_method_header,
     is_informational_response,
     validate_headers,
 )
+from h2.windows import WindowManager
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
@@ -75,6 +88,10 @@ _VALIDATED_LIMIT, _VALIDATED_SIZE = 32, 2048  # header blocks remembered as vali
 # Connection states in which HEADERS and DATA, sent or received, change nothing (h2's state
 # machine maps them to no side effect and the same state): no need to run the machine.
 _OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+# h2's validation flags for a request block received by a server (what _Stream builds for it)
+_REQUEST_FLAGS = HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False)
+_IDLE, _STREAM_OPEN, _HALF_CLOSED_REMOTE, _CLOSED = StreamState.IDLE, StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED
+_new = object.__new__
 
 
 def _flag_names(byte: int, defined: tuple[tuple[str, int], ...]) -> frozenset[str]:
@@ -164,6 +181,51 @@ class _Stream(H2Stream):
         return fields
 
 
+def _built_stream(stream_id: int, config: H2Configuration, inbound: int, outbound: int, frame_size: int | None, validated: set) -> _Stream:
+    """A new stream with the attributes h2's constructors give it (and its state machine
+    and window manager), set without running them: they cost microseconds per stream."""
+    machine = _new(_Machine)
+    machine.__dict__ = {
+        "state": _IDLE, "stream_id": stream_id, "client": None, "headers_sent": None, "trailers_sent": None,
+        "headers_received": None, "trailers_received": None, "stream_closed_by": None,
+    }
+    manager = _new(WindowManager)
+    manager.__dict__ = {"max_window_size": inbound, "current_window_size": inbound, "_bytes_processed": 0}
+    stream = _new(_Stream)
+    stream.__dict__ = {
+        "state_machine": machine, "stream_id": stream_id, "max_outbound_frame_size": frame_size,
+        "request_method": None, "outbound_flow_control_window": outbound, "_inbound_window_manager": manager,
+        "_expected_content_length": None, "_actual_content_length": 0, "_authority": None, "config": config,
+        "validated": validated,
+    }
+    return stream
+
+
+def _constructed_stream(stream_id: int, config: H2Configuration, inbound: int, outbound: int, frame_size: int | None, validated: set) -> _Stream:
+    """A new stream made by h2's constructors."""
+    stream = _Stream(stream_id, config=config, inbound_window_size=inbound, outbound_window_size=outbound)
+    stream.validated = validated
+    stream.state_machine.__class__ = _Machine
+    stream.max_outbound_frame_size = frame_size
+    return stream
+
+
+def _same_streams() -> bool:
+    """Whether :func:`_built_stream` makes what h2's constructors make (this h2 version's)."""
+    config = H2Configuration()
+    built, made = _built_stream(3, config, 5, 7, 11, set()), _constructed_stream(3, config, 5, 7, 11, set())
+    parts = ("state_machine", "_inbound_window_manager")
+    return (
+        {k: v for k, v in vars(built).items() if k not in parts} == {k: v for k, v in vars(made).items() if k not in parts}
+        and vars(built).keys() == vars(made).keys()
+        and vars(built.state_machine) == vars(made.state_machine)
+        and vars(built._inbound_window_manager) == vars(made._inbound_window_manager)
+    )
+
+
+_new_stream = _built_stream if _same_streams() else _constructed_stream
+
+
 class Connection(H2Connection):
     """h2's connection, with malformed messages turned into stream errors, and leaner code
     for the frames of every request (HEADERS and DATA, both ways).
@@ -189,27 +251,32 @@ class Connection(H2Connection):
         self._inbound_ids = AllowedStreamIDs(not config.client_side)  # (an Enum call costs a microsecond)
         self._outbound_ids = AllowedStreamIDs(config.client_side)
         self._max_inbound: int | None = None  # our SETTINGS_MAX_CONCURRENT_STREAMS in force, once read
+        self._client = config.client_side  # (h2's config attributes are Python descriptors)
+        # a server receiving requests whose header blocks h2 passes on as they are: the lean path
+        self._lean_requests = not config.client_side and not config.normalize_inbound_headers and not config.header_encoding
+        self._windows: tuple[int, int] | None = None  # initial windows (ours, the peer's) in force, once read
 
     def _local_settings_acked(self):  # type: ignore[no-untyped-def]
         self._max_inbound = None  # our new SETTINGS are in force now
+        self._windows = None
         return super()._local_settings_acked()
 
+    def _receive_settings_frame(self, frame):  # type: ignore[no-untyped-def]
+        self._windows = None  # the peer's initial window may change (or ours, on an ACK)
+        return super()._receive_settings_frame(frame)
+
     def _begin_new_stream(self, stream_id, allowed_ids):  # type: ignore[no-untyped-def]
-        """h2's, creating a :class:`_Stream`."""
-        outbound = self._stream_id_is_outbound(stream_id)
+        """h2's, creating a :class:`_Stream` (see :func:`_built_stream`)."""
+        outbound = stream_id % 2 == self._client
         highest_stream_id = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
         if stream_id <= highest_stream_id:
             raise StreamIDTooLowError(stream_id, highest_stream_id)
         if (stream_id % 2) != int(allowed_ids):
             raise ProtocolError("Invalid stream ID for peer.")
-        stream = _Stream(
-            stream_id, config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
-        )
-        stream.validated = self._validated
-        stream.state_machine.__class__ = _Machine
-        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        windows = self._windows
+        if windows is None:
+            windows = self._windows = (self.local_settings.initial_window_size, self.remote_settings.initial_window_size)
+        stream = _new_stream(stream_id, self.config, windows[0], windows[1], self.max_outbound_frame_size, self._validated)
         self.streams[stream_id] = stream
         if outbound:
             self.highest_outbound_stream_id = stream_id
@@ -246,17 +313,16 @@ class Connection(H2Connection):
                 if end > size or length > limit or not stream_id or flags & _PADDED:
                     break
                 if kind == _HEADERS and flags & _END_HEADERS:
-                    start = pos + 9
-                    depends_on = weight = 0
-                    if flags & _PRIORITY_FLAG:
+                    if flags & _PRIORITY_FLAG:  # (the priority fields are read only then)
                         if length < 5:
                             break
-                        depends_on, weight = _PRIORITY.unpack_from(data, start)
-                        start += 5
-                    frame = _Received(stream_id, _HEADERS_FLAGS[flags], data[start:end])
-                    frame.exclusive = bool(depends_on >> 31)
-                    frame.depends_on = depends_on & 0x7FFFFFFF
-                    frame.stream_weight = weight
+                        depends_on, weight = _PRIORITY.unpack_from(data, pos + 9)
+                        frame = _Received(stream_id, _HEADERS_FLAGS[flags], data[pos + 14:end])
+                        frame.exclusive = bool(depends_on >> 31)
+                        frame.depends_on = depends_on & 0x7FFFFFFF
+                        frame.stream_weight = weight
+                    else:
+                        frame = _Received(stream_id, _HEADERS_FLAGS[flags], data[pos + 9:end])
                     handler = self._receive_headers_frame
                 elif kind == _DATA:
                     frame = _Received(stream_id, _DATA_FLAGS[flags], data[pos + 9:end])
@@ -332,14 +398,41 @@ class Connection(H2Connection):
         except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
             raise ProtocolError(f"Error decoding header block: {e}") from e
         events = [] if self.state_machine.state in _OPEN else self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream = self._get_or_create_stream(frame.stream_id, self._inbound_ids)
         flags = frame.flags
+        if self._lean_requests and frame.stream_id not in streams and "PRIORITY" not in flags and (tuple(headers), _REQUEST_FLAGS) in self._validated:
+            return [], events + self._request_received(frame.stream_id, headers, "END_STREAM" in flags)
+        stream = self._get_or_create_stream(frame.stream_id, self._inbound_ids)
         frames, stream_events = stream.receive_headers(headers, "END_STREAM" in flags, self.config.header_encoding)
         if "PRIORITY" in flags:
             _, p_events = self._receive_priority_frame(frame)
             stream_events[0].priority_updated = p_events[0]
             stream_events.extend(p_events)
         return frames, events + stream_events
+
+    def _request_received(self, stream_id: int, headers: list, end_stream: bool) -> list:
+        """A new stream opened by a request block that passed validation before (so it passes
+        again): what h2's ``receive_headers`` does for it (IDLE -> OPEN, and -> HALF_CLOSED_REMOTE
+        with END_STREAM; the request's content-length, if a body follows), without running
+        the state machine or the checks."""
+        stream = self._begin_new_stream(stream_id, self._inbound_ids)
+        self._scope = stream_id
+        machine = stream.state_machine
+        machine.client = False
+        machine.headers_received = True
+        event = _new(RequestReceived)
+        event.stream_id = stream_id
+        event.headers = headers
+        event.priority_updated = None
+        if end_stream:
+            machine.state = _HALF_CLOSED_REMOTE
+            ended = _new(StreamEnded)
+            ended.stream_id = stream_id
+            event.stream_ended = ended
+            return [event, ended]
+        machine.state = _STREAM_OPEN
+        event.stream_ended = None
+        stream._initialize_content_length(headers)
+        return [event]
 
     # sending: the same transitions and accounting as h2's send_headers / send_data ---------------
     def send_headers(self, stream_id, headers, end_stream=False, priority_weight=None, priority_depends_on=None, priority_exclusive=None):  # type: ignore[no-untyped-def]
@@ -382,16 +475,59 @@ class Connection(H2Connection):
             stream.request_method = extract_method_header(headers)
         else:  # a response block has no :method
             stream.request_method = None
-        flags = _END_STREAM if end_stream else 0
+        self._send_block(stream_id, block, _END_STREAM if end_stream else 0)
+        return None
+
+    def _send_block(self, stream_id: int, block: bytes, flags: int) -> None:
+        """A header block: HEADERS, plus CONTINUATION frames if it exceeds the frame size."""
+        stream = self.streams[stream_id]
         limit = stream.max_outbound_frame_size or self.max_outbound_frame_size
         if len(block) <= limit:
             self._data_to_send += _frame(_HEADERS, flags | _END_HEADERS, stream_id, block)
-            return None
+            return
         out = self._data_to_send
         out += _frame(_HEADERS, flags, stream_id, block[:limit])
         for start in range(limit, len(block), limit):
             out += _frame(_CONTINUATION, _END_HEADERS if start + limit >= len(block) else 0, stream_id, block[start:start + limit])
-        return None
+
+    def send_response(self, stream_id: int, headers: list, body: bytes) -> bool:
+        """A whole final response: HEADERS (CONTINUATION too if the block exceeds a frame) and
+        one DATA with END_STREAM, on a server stream whose request ended and that sent nothing
+        yet (the usual small response); False, with nothing sent, when anything differs (the
+        caller then uses send_headers and send_data). The same transitions and accounting as
+        those two (HALF_CLOSED_REMOTE -> CLOSED, closed by SEND_END_STREAM)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or self._client:
+            return False
+        machine = stream.state_machine
+        size = len(body)
+        if (
+            machine.state is not _HALF_CLOSED_REMOTE or machine.headers_sent or machine.client is not False
+            or size > self.outbound_flow_control_window or size > stream.outbound_flow_control_window
+            or size > self.max_outbound_frame_size or self.state_machine.state not in _OPEN
+            or not headers or headers[0][0] != b":status" or headers[0][1][:1] == b"1"
+        ):
+            return False
+        block = self.encoder.encode(headers)
+        length = len(block)
+        if length > (stream.max_outbound_frame_size or self.max_outbound_frame_size):
+            self._send_block(stream_id, block, 0)  # (encoded: the block must go out, in pieces)
+        else:
+            self._data_to_send += _FRAME.pack(length >> 8, length & 0xFF, _HEADERS, _END_HEADERS, stream_id) + block
+        machine.headers_sent = True
+        machine.state = _CLOSED
+        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+        stream.request_method = None
+        # closed: out of the stream table now, as h2 moves closed streams when it counts the
+        # open ones (which it would otherwise do by walking a table full of closed streams)
+        del self.streams[stream_id]
+        self._closed_streams[stream_id] = StreamClosedBy.SEND_END_STREAM
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += _FRAME.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM, stream_id)
+        out += body
+        return True
 
     def send_data(self, stream_id, data, end_stream=False, pad_length=None):  # type: ignore[no-untyped-def]
         stream = self.streams.get(stream_id)

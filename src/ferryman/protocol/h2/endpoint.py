@@ -121,6 +121,13 @@ class H2Endpoint:
             return False
         return True
 
+    def send_response(self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """A whole final response (header block and a non-empty body): HEADERS, then one DATA
+        frame with END_STREAM, when the windows and the frame size take the body and the
+        stream's request has ended; False, with nothing sent, otherwise (then send_headers and
+        send_data). The stream is closed and forgotten as h2 forgets closed streams."""
+        return self.conn.send_response(stream_id, headers, body)
+
     def window(self, stream_id: int) -> int:
         """Bytes of DATA the peer accepts on ``stream_id`` now (stream and connection windows)."""
         try:

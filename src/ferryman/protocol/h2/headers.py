@@ -23,6 +23,7 @@ __all__ = [
     "CONNECTION_SPECIFIC",
     "VERSION",
     "request_head",
+    "RequestHeads",
     "response_head",
     "request_block",
     "response_block",
@@ -77,6 +78,46 @@ def request_head(block: list[tuple[bytes, bytes]], end_stream: bool) -> RequestH
         method=method, target=path, version=VERSION, headers=headers,
         body=_framing(headers, end_stream) if method != b"CONNECT" else CHUNKED_BODY,
     )
+
+
+_HEADS_LIMIT, _HEADS_SIZE = 32, 2048  # request blocks remembered per connection: entries, name + value bytes
+
+
+class RequestHeads:
+    """:func:`request_head` for one connection, remembering what the blocks it saw translate
+    to: a client repeating a request sends the same block (the decoder hands out the same
+    fields), so only a new head with its own copy of the headers is made. Bounded.
+
+    Returns None for a request that ended with its head (END_STREAM) but announces a body
+    (a content-length other than 0): malformed, RFC 9113 §8.1.1."""
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, tuple[bytes, bytes, tuple, BodyFraming, bool]] = {}
+
+    def __call__(self, block: list[tuple[bytes, bytes]], end_stream: bool) -> RequestHead | None:
+        key = tuple(block)
+        memo = self._memo.get(key)
+        if memo is None:
+            head = request_head(block, end_stream)
+            length = head.get(b"content-length")
+            announced = length is not None and length != b"0"  # a body, by its content-length
+            if sum(len(name) + len(value) for name, value in block) <= _HEADS_SIZE:
+                if len(self._memo) >= _HEADS_LIMIT:
+                    self._memo.clear()
+                body = CHUNKED_BODY if head.method == b"CONNECT" else _framing(head.headers, False)
+                self._memo[key] = (head.method, head.target, tuple(head.headers), body, announced)
+            return None if end_stream and announced else head
+        method, target, headers, body, announced = memo
+        if end_stream:
+            if announced:
+                return None
+            if method != b"CONNECT":
+                body = NO_BODY
+        elif body.kind is BodyKind.LENGTH:
+            body = BodyFraming(BodyKind.LENGTH, body.length)  # (each head its own)
+        return RequestHead(method=method, target=target, version=VERSION, headers=list(headers), body=body)
 
 
 def response_head(block: list[tuple[bytes, bytes]], end_stream: bool, method: bytes) -> ResponseHead:
