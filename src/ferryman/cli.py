@@ -11,7 +11,7 @@ import sys
 from . import __version__
 from .errors import ConfigError
 
-CONFIG_HELP = "TOML config file, or etcd keys: etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=5s&user=U&password=P]"
+CONFIG_HELP = "TOML config file, or etcd keys: etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=5s&user=U&password=P&ca=PATH&cert=PATH&key=PATH&tls=true]"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,20 +1,34 @@
 """A real etcd (Debian's ``etcd-server``) on loopback: free ports, its own data directory,
 started and stopped by its pid. Tests write and read keys through etcd's JSON gateway with
 this module's own few lines, not with ferryman's client, so a client bug cannot hide itself.
+
+With an :class:`EtcdTls` it serves clients over HTTPS only (``--cert-file``/``--key-file``),
+and with ``client_cert_auth`` demands a client certificate signed by ``ca``
+(``--client-cert-auth --trusted-ca-file``); its own requests then use TLS too.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
+import ipaddress
 import json
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from support.certs import Authority
 from support.process import LOCAL, free_port, wait_until
 
 START_TIMEOUT = 20.0
@@ -24,17 +38,70 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files: etcd's certificate and key, the CA that signed them (and that etcd trusts
+    for client certificates), and the client certificate the test side presents."""
+
+    cert: str
+    key: str
+    ca: str
+    client_cert: str
+    client_key: str
+    client_cert_auth: bool = False
+
+    @classmethod
+    def make(cls, authority: Authority, *, client_cert_auth: bool = False) -> EtcdTls:
+        """etcd's certificate (for 127.0.0.1 only) and a client certificate, both from
+        ``authority``, written into its directory."""
+        server = _etcd_certificate(authority)
+        client = authority.issue("etcd test client", client=True, file="etcd-test-client")
+        return cls(*server, authority.cert, client.cert, client.key, client_cert_auth)
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
+def _etcd_certificate(authority: Authority) -> tuple[str, str]:
+    """etcd's own certificate: IP SAN 127.0.0.1, for server *and* client use. etcd's JSON
+    gateway dials etcd's gRPC port with this certificate, so with ``--client-cert-auth`` it
+    must be a client certificate too (else every gateway request fails with 503)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCAL))]), critical=False)
+        .sign(authority.key, hashes.SHA256())
+    )
+    cert, key_file = authority.directory / "etcd-server.pem", authority.directory / "etcd-server.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert), str(key_file)
+
+
 class Etcd:
     """One single-member etcd cluster; :meth:`stop` then :meth:`start` restarts it on the
     same ports and data (a restart as an operator does it)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: EtcdTls | None = None) -> None:
         binary = shutil.which("etcd")
         assert binary, "etcd is not installed (Debian package etcd-server; scripts/test.sh installs it)"
-        self.binary, self.directory = binary, directory
+        self.binary, self.directory, self.tls = binary, directory, tls
         self.port, self.peer_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "etcd.log"
+        self._context = tls.context() if tls is not None else None
 
     @property
     def endpoint(self) -> str:
@@ -43,14 +110,26 @@ class Etcd:
     def url(self, prefix: str, query: str = "") -> str:
         return f"etcd://{self.endpoint}{prefix}" + (f"?{query}" if query else "")
 
+    def tls_query(self, *, client: bool = True) -> str:
+        """The URL query that trusts this etcd's CA (and presents the client certificate)."""
+        assert self.tls is not None
+        query = f"ca={self.tls.ca}"
+        return query + (f"&cert={self.tls.client_cert}&key={self.tls.client_key}" if client else "")
+
     def start(self) -> None:
-        client, peer = f"http://{LOCAL}:{self.port}", f"http://{LOCAL}:{self.peer_port}"
+        scheme = "https" if self.tls is not None else "http"
+        client, peer = f"{scheme}://{LOCAL}:{self.port}", f"http://{LOCAL}:{self.peer_port}"
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
+            if self.tls.client_cert_auth:
+                tls += ["--client-cert-auth", "--trusted-ca-file", self.tls.ca]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [self.binary, "--name", "default", "--data-dir", str(self.directory / "data"),
                  "--listen-client-urls", client, "--advertise-client-urls", client,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"default={peer}"],
+                 "--initial-cluster", f"default={peer}", *tls],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         try:
@@ -123,7 +202,10 @@ class Etcd:
         return self.call("auth/authenticate", {"name": "root", "password": password})["token"]
 
     def _request(self, method: str, path: str, body: bytes | None, *, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection(LOCAL, self.port, timeout=timeout)
+        if self._context is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(LOCAL, self.port, timeout=timeout, context=self._context)
+        else:
+            conn = http.client.HTTPConnection(LOCAL, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
@@ -133,8 +215,8 @@ class Etcd:
 
 
 @contextmanager
-def running_etcd(directory: Path) -> Iterator[Etcd]:
-    server = Etcd(directory)
+def running_etcd(directory: Path, tls: EtcdTls | None = None) -> Iterator[Etcd]:
+    server = Etcd(directory, tls)
     server.start()
     try:
         yield server

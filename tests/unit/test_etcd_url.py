@@ -1,4 +1,5 @@
-"""``-c etcd://...``: every accepted form, every mistake named, the password never shown."""
+"""``-c etcd://...``: every accepted form, every mistake named, the password never shown,
+the TLS parameters (``ca``, ``cert``, ``key``, ``tls``) checked together and shown."""
 
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ from ferryman.config.etcd_url import DEFAULT_TIMEOUT, EtcdUrl, is_etcd_url, pars
         ("ETCD://h:1/p?timeout=250ms", EtcdUrl((("h", 1),), "/p", 0.25)),
         ("etcd://h:1/p?user=root&password=a%2Bb%26c+d", EtcdUrl((("h", 1),), "/p", DEFAULT_TIMEOUT, "root", "a+b&c+d")),
         ("etcd://h:1/my%20prefix", EtcdUrl((("h", 1),), "/my prefix")),
+        ("etcd://h:1/p?tls=true", EtcdUrl((("h", 1),), "/p", tls=True)),
+        ("etcd://h:1/p?tls=TRUE", EtcdUrl((("h", 1),), "/p", tls=True)),
+        ("etcd://h:1/p?tls=false", EtcdUrl((("h", 1),), "/p")),
+        ("etcd://h:1/p?ca=/etc/etcd/ca.pem", EtcdUrl((("h", 1),), "/p", tls=True, ca="/etc/etcd/ca.pem")),
+        ("etcd://h:1/p?ca=ca.pem&tls=true", EtcdUrl((("h", 1),), "/p", tls=True, ca="ca.pem")),  # relative: to the working directory
+        (
+            "etcd://h:1,g:2/p?cert=/c/me.pem&key=/c/me%26you.key",  # mutual TLS with the system's CAs
+            EtcdUrl((("h", 1), ("g", 2)), "/p", tls=True, cert="/c/me.pem", key="/c/me&you.key"),
+        ),
+        (
+            "etcd://h:1/p?user=u&password=pw&ca=a.pem&cert=c.pem&key=k.pem&timeout=1s",
+            EtcdUrl((("h", 1),), "/p", 1.0, "u", "pw", True, "a.pem", "c.pem", "k.pem"),
+        ),
     ],
 )
 def test_accepted_forms(text: str, expected: EtcdUrl) -> None:
@@ -50,7 +64,15 @@ def test_accepted_forms(text: str, expected: EtcdUrl) -> None:
         ("etcd://h:1/p?user=root", "user and password go together"),
         ("etcd://h:1/p?password=pw", "user and password go together"),
         ("etcd://h:1/p?user=&password=pw", "user: must not be empty"),
-        ("etcd://h:1/p?colour=red", "unknown parameter 'colour' (known: timeout, user, password)"),
+        ("etcd://h:1/p?colour=red", "unknown parameter 'colour' (known: timeout, user, password, ca, cert, key, tls)"),
+        ("etcd://h:1/p?cert=c.pem", "cert and key go together"),
+        ("etcd://h:1/p?ca=a.pem&key=k.pem", "cert and key go together"),
+        ("etcd://h:1/p?ca=", "ca: must name a PEM file"),
+        ("etcd://h:1/p?cert=c.pem&key=%20", "key: must name a PEM file"),
+        ("etcd://h:1/p?tls=yes", "tls: expected true or false, got 'yes'"),
+        ("etcd://h:1/p?tls=false&ca=a.pem", "tls=false contradicts ca, cert and key"),
+        ("etcd://h:1/p?ca=a.pem&ca=b.pem", "parameter 'ca' is given twice"),
+        ("etcds://h:1/p", "no etcds:// scheme: write etcd://HOST:PORT/PREFIX?tls=true"),
         ("etcd://h:1/p?timeout=1s&timeout=2s", "parameter 'timeout' is given twice"),
         ("etcd://h:1/p?timeout", "expected NAME=VALUE pairs"),
         ("etcd://h:1/p#top", "a fragment"),
@@ -65,6 +87,16 @@ def test_mistakes_are_named(text: str, message: str) -> None:
 def test_files_are_not_urls() -> None:
     assert not is_etcd_url("ferryman.toml")
     assert not is_etcd_url("/etc/etcd.toml")
+    assert is_etcd_url("ETCDS://h/p")  # taken as a URL, so that the error can point to tls=true
+
+
+def test_the_redacted_url_shows_the_tls_parameters() -> None:
+    url = parse_etcd_url("etcd://h:1/p?password=s3cret&ca=/pki/ca%20bundle.pem&cert=/pki/c.pem&user=root&key=/pki/c.key")
+    assert url.redacted() == "etcd://h:1/p?user=root&ca=/pki/ca%20bundle.pem&cert=/pki/c.pem&key=/pki/c.key"
+    assert parse_etcd_url(url.redacted() + "&password=s3cret") == url
+    assert parse_etcd_url("etcd://h:1/p?tls=true").redacted() == "etcd://h:1/p?tls=true"
+    assert parse_etcd_url("etcd://h:1/p?tls=true&ca=a.pem").redacted() == "etcd://h:1/p?ca=a.pem"  # ca implies TLS
+    assert parse_etcd_url("etcd://h:1/p?tls=false").redacted() == "etcd://h:1/p"
 
 
 def test_the_redacted_url_keeps_everything_but_the_password() -> None:

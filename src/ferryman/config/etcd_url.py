@@ -1,7 +1,13 @@
-"""``etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=5s&user=U&password=P]``: where a config
-lives in etcd. Parsed once, when ``-c`` names a URL; every mistake is a precise error.
+"""``etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=5s&user=U&password=P&ca=PATH...]``:
+where a config lives in etcd. Parsed once, when ``-c`` names a URL; every mistake is a
+precise error.
 
-Sans-IO: nothing here talks to etcd.
+TLS: ``ca=PATH`` (the CA bundle that verifies etcd; without it the system's CAs),
+``cert=PATH`` + ``key=PATH`` (a client certificate, both or neither) and ``tls=true`` (TLS with
+the system's CAs) each switch every endpoint to HTTPS. The files are read when the client is
+built (:func:`.etcd_client.tls_context`), not here.
+
+Sans-IO: nothing here talks to etcd or reads a file.
 """
 
 from __future__ import annotations
@@ -15,31 +21,44 @@ from .types import parse_duration
 SCHEME = "etcd://"
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 5.0
-_PARAMS = ("timeout", "user", "password")
+_PARAMS = ("timeout", "user", "password", "ca", "cert", "key", "tls")
+_BOOLEANS = {"true": True, "false": False}
 
 
 def is_etcd_url(text: str) -> bool:
-    """Whether ``-c`` names etcd (``etcd:`` in any case) rather than a file."""
-    return text[:5].lower() == "etcd:"
+    """Whether ``-c`` names etcd (``etcd:``, or the ``etcds:`` ferryman refuses with a hint,
+    in any case) rather than a file."""
+    return text[:5].lower() == "etcd:" or text[:6].lower() == "etcds:"
 
 
 @dataclass(frozen=True, slots=True)
 class EtcdUrl:
     """A parsed etcd URL: endpoints in the order they are tried, the key prefix (``/name``,
-    no trailing slash), the per-request timeout in seconds and optional credentials."""
+    no trailing slash), the per-request timeout in seconds, optional credentials and TLS:
+    ``tls`` is True whenever the endpoints speak HTTPS (``tls=true`` or any of ``ca``,
+    ``cert``, ``key`` given); ``ca``/``cert``/``key`` are file paths as written."""
 
     endpoints: tuple[tuple[str, int], ...]
     prefix: str
     timeout: float = DEFAULT_TIMEOUT
     user: str | None = None
     password: str | None = None
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
 
     def redacted(self) -> str:
-        """The URL as it may be logged and shown: never the password."""
+        """The URL as it may be logged and shown: never the password (file paths are no
+        secret: they are shown)."""
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.endpoints)
         query = [] if self.timeout == DEFAULT_TIMEOUT else [f"timeout={self.timeout:g}s"]
         if self.user is not None:
             query.append(f"user={quote(self.user, safe='')}")
+        files = [(name, path) for name, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key)) if path is not None]
+        query += [f"{name}={quote(path, safe='/')}" for name, path in files]
+        if self.tls and not files:
+            query.append("tls=true")
         return f"{SCHEME}{hosts}{self.prefix}" + ("?" + "&".join(query) if query else "")
 
     def __str__(self) -> str:
@@ -48,6 +67,8 @@ class EtcdUrl:
 
 def parse_etcd_url(text: str) -> EtcdUrl:
     """Parse ``text``; a ValueError says what is wrong and what was expected."""
+    if text[:8].lower() == "etcds://":
+        raise ValueError(f"no etcds:// scheme: write {SCHEME}HOST:PORT/PREFIX?tls=true (or ?ca=PATH) for TLS")
     if not text.lower().startswith(SCHEME):
         raise ValueError(f"expected {SCHEME}HOST:PORT[,HOST:PORT...]/PREFIX, got {text!r}")
     rest = text[len(SCHEME):]
@@ -77,7 +98,24 @@ def parse_etcd_url(text: str) -> EtcdUrl:
         raise ValueError("user and password go together: give both or neither")
     if user == "":
         raise ValueError("user: must not be empty")
-    return EtcdUrl(endpoints, prefix, timeout, user, password)
+    return EtcdUrl(endpoints, prefix, timeout, user, password, *_tls(params))
+
+
+def _tls(params: dict[str, str]) -> tuple[bool, str | None, str | None, str | None]:
+    """``tls``, ``ca``, ``cert`` and ``key`` checked together: (uses TLS, ca, cert, key)."""
+    ca, cert, key = params.get("ca"), params.get("cert"), params.get("key")
+    for name, value in (("ca", ca), ("cert", cert), ("key", key)):
+        if value is not None and not value.strip():
+            raise ValueError(f"{name}: must name a PEM file")
+    if (cert is None) != (key is None):
+        raise ValueError("cert and key go together (a client certificate and its private key): give both or neither")
+    files = ca is not None or cert is not None
+    flag = params.get("tls")
+    if flag is not None and flag.lower() not in _BOOLEANS:
+        raise ValueError(f"tls: expected true or false, got {flag!r}")
+    if flag is not None and not _BOOLEANS[flag.lower()] and files:
+        raise ValueError("tls=false contradicts ca, cert and key (they mean TLS): leave tls out")
+    return files or (flag is not None and _BOOLEANS[flag.lower()]), ca, cert, key
 
 
 def _endpoint(part: str) -> tuple[str, int]:
