@@ -66,6 +66,10 @@ def tool_version(argv: Sequence[str], pattern: str = r"\d+\.\d+(?:\.\d+)?") -> s
 OPTIMIZED_VENV = Path(os.environ.get("FERRYMAN_BENCH_PY_VENV", "/tmp/ferryman-bench-py"))
 OPTIMIZED_HINT = "bash benchmarks/install.sh --with-optimized-python"
 PYTHON_MODULES = ("ferryman", "uvloop", "httptools")  # what the Python contenders import
+# what ferryman runs from: this checkout's src, or with --compiled a copy of it with the
+# compiled core built in (scripts/build_compiled.sh; $FERRYMAN_BENCH_COMPILED)
+SRC_DIR = REPO_DIR / "src"
+COMPILED_DIR = Path(os.environ.get("FERRYMAN_BENCH_COMPILED", "/tmp/ferryman-bench-compiled"))
 
 # run by the interpreter under study (with src on PYTHONPATH): what it is, how it was built
 _PROBE = r"""
@@ -74,6 +78,12 @@ import json, os, platform, sys, sysconfig
 def version(name):
     try:
         return getattr(__import__(name), "__version__", "?")
+    except Exception:
+        return None
+
+def compiled():
+    try:
+        return __import__("ferryman").compiled_core()
     except Exception:
         return None
 
@@ -91,6 +101,7 @@ print(json.dumps({
     "cflags_nodist": var("PY_CFLAGS_NODIST") or "",
     "ldflags_nodist": var("PY_LDFLAGS_NODIST") or "",
     "modules": {name: version(name) for name in MODULES},
+    "compiled_core": compiled(),
 }))
 """.replace("MODULES", repr(PYTHON_MODULES))
 
@@ -194,8 +205,9 @@ def interpreter_summary(info: dict[str, Any]) -> str:
         return f"`{info['executable']}` (could not be run: {info['error']})"
     real = info["base_executable"]
     via = "" if real == info["executable"] else f" → {real}"
+    core = {True: "; ferryman's compiled core", False: "; ferryman in pure Python"}.get(info.get("compiled_core"), "")
     return (f"`{info['executable']}`{via}, {info['implementation']} {info['version']}, "
-            f"{info['build']}")
+            f"{info['build']}{core}")
 
 
 # --------------------------------------------------------------------------- ports
@@ -658,10 +670,22 @@ def start_haproxy(group: ProcessGroup, workdir: Path, conf: str) -> Service:
     return group.start("haproxy", [find_tool("haproxy") or "haproxy", "-db", "-f", str(path)])
 
 
+def use_compiled(python: str) -> None:
+    """``--compiled``: build this checkout's compiled core for ``python`` (mypyc; it needs mypy
+    and a C compiler) and run ferryman from that copy. A failed build is a SetupError."""
+    global SRC_DIR
+    build = subprocess.run(["bash", str(REPO_DIR / "scripts" / "build_compiled.sh"), python, str(COMPILED_DIR)],
+                           capture_output=True, text=True, check=False)
+    if build.returncode != 0:
+        raise SetupError(f"--compiled: the build failed:\n{build.stderr[-2000:]}")
+    SRC_DIR = COMPILED_DIR / "src"
+    _PROBED.clear()
+
+
 def ferryman_env() -> dict[str, str]:
-    """The environment with the checked-out ``src`` first on PYTHONPATH."""
+    """The environment with ferryman's source (:data:`SRC_DIR`) first on PYTHONPATH."""
     env = dict(os.environ)
-    src = str(REPO_DIR / "src")
+    src = str(SRC_DIR)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -1117,6 +1141,10 @@ def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
                         f"by `{OPTIMIZED_HINT}`; default: the one running this script")
     p.add_argument("--scenarios", default=",".join(h.scenarios),
                    help=f"comma-separated subset of {','.join(h.scenarios)}")
+    p.add_argument("--compiled", action="store_true",
+                   help="run ferryman with its compiled core (setup.py FERRYMAN_COMPILE=1, built by "
+                        "scripts/build_compiled.sh for --python into $FERRYMAN_BENCH_COMPILED, default "
+                        f"{COMPILED_DIR}; needs mypy there)")
     p.add_argument("--write-results", action="store_true",
                    help=f"replace the '{h.heading}' section of benchmarks/RESULTS.md")
     p.set_defaults(extra=None)
@@ -1130,7 +1158,9 @@ def parse_args(h: Harness, argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rounds must be >= 1 and --duration > 0")
     try:
         args.python = resolve_python(args.python)
-    except ValueError as exc:
+        if args.compiled:
+            use_compiled(args.python.path)
+    except (ValueError, SetupError) as exc:
         p.error(str(exc))
     return args
 

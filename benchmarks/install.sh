@@ -78,7 +78,7 @@ if [ "$WITH_OPT_PY" -eq 1 ]; then
   VENV="${FERRYMAN_BENCH_PY_VENV:-/tmp/ferryman-bench-py}"
   make_venv "$BASE_PY" "$VENV"
   # every time: cheap when satisfied, and it follows the project's dependencies
-  "$VENV/bin/python" -m pip install -q -e "$REPO"
+  "$VENV/bin/python" -m pip install -q -e "$REPO" mypy  # mypy: mypyc builds the compiled core (--compiled)
   echo "installed: ferryman (editable, $REPO) into $VENV; run the harnesses with --python optimized"
 fi
 

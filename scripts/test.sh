@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install ferryman with its test dependencies (and the system programs the tests run for
 # real: Chromium for the web UI, pebble for ACME, nghttp2's tools for HTTP/2, etcd for configs
-# kept in etcd), then run the whole test suite.
+# kept in etcd), then run the whole test suite: once on the Python modules, once on the
+# compiled core. Arguments (e.g. a test file) run just those, once, on the Python modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -14,4 +15,13 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-exec python3 -m pytest -q "$@"
+python3 -m pytest -q "$@"
+if [ $# -eq 0 ]; then
+    # The same tests on the compiled core (setup.py, FERRYMAN_COMPILE=1), built by mypyc into
+    # a scratch copy: the test processes and the ferryman processes they start run it.
+    build="$(mktemp -d)"
+    trap 'rm -rf "$build"' EXIT
+    echo "compiled core: building (mypyc) ..."
+    bash scripts/build_compiled.sh python3 "$build"
+    FERRYMAN_EXPECT_COMPILED=1 PYTHONPATH="$build/src" python3 -m pytest -q -p no:cacheprovider tests
+fi

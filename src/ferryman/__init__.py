@@ -27,8 +27,8 @@ __all__ = [
     "ErrorKind",
     "ErrorSource",
     "Filter",
-    "HttpProxyService",
     "HttpConnectProxy",
+    "HttpProxyService",
     "L4Session",
     "Peer",
     "ProxyError",
@@ -40,5 +40,13 @@ __all__ = [
     "TcpProxyService",
     "UdpProxyService",
     "bind_socket",
+    "compiled_core",
     "parse_address",
 ]
+
+
+def compiled_core() -> bool:
+    """Whether the per-request HTTP/1.1 modules run compiled (setup.py, ``FERRYMAN_COMPILE=1``)."""
+    from .http import exchange
+
+    return not exchange.__file__.endswith(".py")

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "version":
-        print(f"ferryman {__version__}")
+        from . import compiled_core
+
+        print(f"ferryman {__version__} ({'compiled core' if compiled_core() else 'pure Python'})")
         return 0
     if args.command == "config":
         return _config_command(args)

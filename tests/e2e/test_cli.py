@@ -66,7 +66,10 @@ BAD_LINES = [
 def test_version() -> None:
     result = ferryman_cli("version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"ferryman {ferryman.__version__}"
+    build = "compiled core" if ferryman.compiled_core() else "pure Python"  # the same modules as the CLI's process
+    assert result.stdout.strip() == f"ferryman {ferryman.__version__} ({build})"
+    if os.environ.get("FERRYMAN_EXPECT_COMPILED"):  # scripts/test.sh's compiled pass
+        assert build == "compiled core"
 
 
 def test_check_accepts_the_example() -> None:

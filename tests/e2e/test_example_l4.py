@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.process import ENV
 
 LOCAL = "127.0.0.1"
 CANARY_CLIENT = "127.0.0.2"
@@ -74,7 +75,7 @@ def test_example_routes_by_client_ip_and_logs_bytes(backends: tuple[NamedBackend
         "--backend", f"{LOCAL}:{a.port}", "--backend", f"{LOCAL}:{b.port}",
         "--canary-net", f"{CANARY_CLIENT}/32", "--grace", "2",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = ENV
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     listening = threading.Event()
@@ -120,7 +121,7 @@ def test_example_routes_by_client_ip_and_logs_bytes(backends: tuple[NamedBackend
 
 
 def test_example_reports_a_bad_backend_address() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = ENV
     result = subprocess.run(
         [sys.executable, str(EXAMPLE), "--backend", "nowhere"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
     )

@@ -26,6 +26,7 @@ from ferryman.net.addr import Address
 from ferryman.net.connect import Connector, Peer
 from ferryman.net.pump import PipePool
 from ferryman.runtime.upstreams import build_upstreams
+from support.process import ENV
 
 LOCAL = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -402,7 +403,7 @@ def test_udp_listener_through_ferryman_run(tmp_path: Path, workers: int) -> None
         f'[listeners.dns]\naddr = "{LOCAL}:{port}"\nprotocol = "udp"\nupstream = "echo"\nsession_timeout = "1s"\n'
         f'[upstreams.echo]\nbackends = ["{LOCAL}:{origin.addr[1]}"]\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = ENV
     proc = subprocess.Popen(
         [sys.executable, "-m", "ferryman", "run", "-c", str(config)],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

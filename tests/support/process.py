@@ -16,9 +16,12 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import ferryman
+
 LOCAL = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+# the processes run the package the tests import (this checkout's src, or a compiled copy of it)
+ENV = {**os.environ, "PYTHONPATH": str(Path(ferryman.__file__).resolve().parents[1])}
 COMMAND = [sys.executable, "-m", "ferryman"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-import types
 
 import pytest
 
@@ -135,12 +134,12 @@ def test_date_header_is_an_imf_fixdate_of_now() -> None:
 
 def test_date_is_recomputed_only_when_the_second_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.25]
-    monkeypatch.setattr(serializer, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(serializer, "_clock", lambda: clock[0])
     first = date_header()
     assert first == (b"date", b"Thu, 01 Jan 1970 00:00:00 GMT")
     clock[0] = 0.99
-    assert date_header() is first  # same second: the cached pair itself
-    assert http_date() is first[1]
+    assert date_header() == first
+    assert http_date() is first[1]  # same second: the cached value itself, not formatted again
     clock[0] = 1.0
     second = date_header()
     assert second == (b"date", b"Thu, 01 Jan 1970 00:00:01 GMT")

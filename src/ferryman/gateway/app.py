@@ -10,6 +10,7 @@ import socket
 from functools import partial
 from pathlib import Path
 
+from .. import __version__, compiled_core
 from ..config.etcd import EtcdError, EtcdSource
 from ..config.etcd_watch import EtcdWatchService, MasterWatch, RevisionSlot
 from ..config.load import load_file
@@ -284,6 +285,7 @@ def serve(config: Config, path: str | Path | None = None, source: EtcdSource | N
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")  # after an upgrade: replaces the old master's
     try:
+        log.info("ferryman %s (%s)", __version__, "compiled core" if compiled_core() else "pure Python")
         if source is not None:
             log.info("config: %s at revision %d (watched: a change of its keys reloads)", source.name, source.revision)
         for name, cfg in config.listeners.items():

@@ -334,11 +334,11 @@ class DownstreamH1(asyncio.Protocol):
         return await detach(self.transport, deadline)  # type: ignore[arg-type]
 
     # io helpers ------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def writelines(self, parts: list[bytes]) -> None:
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(parts)
 

@@ -20,7 +20,9 @@ import logging
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..net.detach import can_detach, detach, pause
@@ -31,9 +33,6 @@ from ..protocol.h1.headers import HOP_BY_HOP, strip_hop_by_hop
 from ..protocol.h1.serializer import chunk, last_chunk, request_head, response_head
 from .session import Session
 from .upstream_h1 import UpstreamH1
-
-if TYPE_CHECKING:
-    from .downstream_h1 import DownstreamH1
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +50,19 @@ _CHUNKED = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE = (b"connection", b"close")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # H2Exchange (downstream_h2) stays Python
 class Exchange:
     """Drives one request. Created by the downstream protocol for each request head."""
 
-    h2_downstream = False  # H2Exchange: the response goes out as HTTP/2 frames (_send_head_h2)
+    h2_downstream: ClassVar[bool] = False  # H2Exchange: the response goes out as HTTP/2 frames (_send_head_h2); a ClassVar, so that compiled it is read from the class
 
-    def __init__(self, downstream: DownstreamH1, session: Session) -> None:
+    def __init__(self, downstream: Any, session: Session) -> None:  # a DownstreamH1, or an HTTP/2 stream (downstream_h2.H2Stream)
         self.downstream = downstream
         self.service = downstream.service
         self.app = self.service.app
         self.session = session
         self.loop = downstream.loop
-        self.upstream: UpstreamH1 | None = None
+        self.upstream: Any = None  # an UpstreamH1, or an HTTP/2 stream (upstream_h2.UpstreamH2Stream)
         self.reused = False
         self.tunnel = False
         self.failed = False  # a per-chunk hook raised: drop further body bytes
@@ -76,7 +76,7 @@ class Exchange:
         self.body_chunked = kind is BodyKind.CHUNKED or self.filter_request_body  # an HTTP/1.1 upstream gets it chunked
         self.request_chunked = self.body_chunked  # this attempt frames the body in chunks (not to an h2 upstream)
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
-        self.req_buffer: list[bytes] = []
+        self.req_buffer: list[bytes | memoryview] = []
         self.req_buffered = 0
         self.req_streaming = False
         self.body_waiter: asyncio.Future[None] | None = None  # Session.read_body() is waiting
@@ -86,7 +86,7 @@ class Exchange:
         self.resp_head: ResponseHead | None = None
         self.resp_mode = "raw"  # raw | chunked | close | none
         self.resp_streaming = False
-        self.resp_buffer: list[bytes] = []
+        self.resp_buffer: list[bytes | memoryview] = []
         self.resp_ended = False
         self.resp_trailers: list[tuple[bytes, bytes]] = []
         self.body_filters = False  # decided once the response head went through the filters
@@ -156,7 +156,7 @@ class Exchange:
         tries = max(1, app.max_tries)
         awaited = self.service.awaits["upstream_peer"]
         while True:
-            peer = await app.upstream_peer(s) if awaited else app.upstream_peer(s)
+            peer: Any = await app.upstream_peer(s) if awaited else app.upstream_peer(s)  # type: ignore[misc]
             s.peer = peer
             try:
                 await self._acquire(peer)
@@ -207,7 +207,7 @@ class Exchange:
             self.upstream, self.reused = await acquire_stream(self, peer, key)  # type: ignore[assignment]
             await self._connected(peer)
             return
-        conn = svc.pool.get(key)
+        conn: Any = svc.pool.get(key)
         self.reused = conn is not None
         if conn is None:
             sock = await self._connect(peer)
@@ -233,7 +233,7 @@ class Exchange:
                 raise ProxyError(ErrorKind.CONNECT_ERROR, ErrorSource.UPSTREAM, retry=True, context=peer.name) from exc
         else:
             conn.pool = None
-        self.upstream = conn  # type: ignore[assignment]
+        self.upstream = conn
         await self._connected(peer)
 
     async def _connect(self, peer: Any) -> socket.socket:
@@ -323,7 +323,7 @@ class Exchange:
         return headers
 
     # request body ----------------------------------------------------------------------------
-    def on_request_body(self, data: bytes) -> None:
+    def on_request_body(self, data: bytes | memoryview) -> None:
         """Downstream protocol callback: a request body chunk."""
         s = self.session
         s.body_bytes_received += len(data)
@@ -399,9 +399,9 @@ class Exchange:
                 self.body_waiter = None
         return b"".join(self.req_buffer)
 
-    def _filter_request_body(self, data: bytes, end: bool) -> bytes:
-        try:
-            return self.app.request_body_filter(self.session, data, end)
+    def _filter_request_body(self, data: bytes | memoryview, end: bool) -> bytes:
+        try:  # a hook gets bytes (large pieces arrive as memoryview slices)
+            return self.app.request_body_filter(self.session, data if type(data) is bytes else bytes(data), end)
         except Exception as exc:
             self._hook_failed("request_body_filter", exc)
             return b""
@@ -440,7 +440,7 @@ class Exchange:
             self._end_request_body()
         self.downstream.resume_reading_for(self)
 
-    def _write_request_chunk(self, data: bytes) -> None:
+    def _write_request_chunk(self, data: bytes | memoryview) -> None:
         upstream = self.upstream
         if upstream is None or not data:
             return
@@ -531,7 +531,7 @@ class Exchange:
             return "close"
         return "chunked"
 
-    def on_upstream_body(self, data: bytes) -> None:
+    def on_upstream_body(self, data: bytes | memoryview) -> None:
         self.last_activity = self.loop.time()
         if self.resp_streaming:
             self._write_response_chunk(data)
@@ -543,7 +543,7 @@ class Exchange:
     def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.resp_trailers = trailers
 
-    def _write_response_chunk(self, data: bytes) -> None:
+    def _write_response_chunk(self, data: bytes | memoryview) -> None:
         if self.body_filters:
             data = self._filter_body(data, False)
             if not data:
@@ -554,8 +554,9 @@ class Exchange:
         else:
             self.downstream.write(data)
 
-    def _filter_body(self, data: bytes, end: bool) -> bytes:
+    def _filter_body(self, chunk: bytes | memoryview, end: bool) -> bytes:
         app, s, has = self.app, self.session, self.service.has
+        data = chunk if type(chunk) is bytes else bytes(chunk)  # a hook gets bytes (large pieces arrive as memoryview slices)
         try:
             if has["upstream_response_body_filter"]:
                 data = app.upstream_response_body_filter(s, data, end)
@@ -602,7 +603,7 @@ class Exchange:
                 self._send_tail(tail)
         return True
 
-    def _send_tail(self, data: bytes) -> None:
+    def _send_tail(self, data: bytes | memoryview) -> None:
         """Body bytes the filters produced at the end, framed for an HTTP/1.1 client."""
         if self.resp_mode == "chunked":
             self.downstream.writelines(chunk(data))
@@ -751,7 +752,7 @@ class Exchange:
             self._tunnel_idle.cancel()
             self._tunnel_idle = None
 
-    def on_upstream_tunnel_data(self, data: bytes) -> None:
+    def on_upstream_tunnel_data(self, data: bytes | memoryview) -> None:
         self.session.bytes_sent += len(data)
         self.last_activity = self.loop.time()
         self.downstream.write(data)
@@ -768,7 +769,7 @@ class Exchange:
         else:
             self.downstream.write_eof()
 
-    def on_downstream_tunnel_data(self, data: bytes) -> None:
+    def on_downstream_tunnel_data(self, data: bytes | memoryview) -> None:
         if self.upstream is not None:
             self.session.body_bytes_received += len(data)
             self.last_activity = self.loop.time()
@@ -829,7 +830,7 @@ class Exchange:
             return
         if status is None:
             if svc.has["fail_to_proxy"]:
-                status = await self.app.fail_to_proxy(s, error) if svc.awaits["fail_to_proxy"] else self.app.fail_to_proxy(s, error)
+                status = await self.app.fail_to_proxy(s, error) if svc.awaits["fail_to_proxy"] else self.app.fail_to_proxy(s, error)  # type: ignore[misc,assignment]
             else:
                 status = _default_status(error)
         if status:

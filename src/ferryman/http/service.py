@@ -8,16 +8,17 @@ import logging
 import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
+from typing import Any
 
-from ..net.connect import Connector
 from ..errors import ProxyError
 from ..net.balance import ConnectionReceiver
+from ..net.connect import Connector
 from ..net.listener import Acceptor
 from ..net.peek import read_proxy_header
-from ..protocol import proxy_protocol
 from ..net.pump import PipePool
 from ..net.sweep import DeadlineSweep, tick_for
 from ..net.tls import CertStore
+from ..protocol import proxy_protocol
 from ..upstream.pool import ConnectionPool
 from .hooks import ProxyHttp, overrides
 from .upstream_h2 import H2Pool
@@ -113,7 +114,7 @@ class HttpProxyService:
         self.keepalive_timeout = keepalive_timeout
         self.keepalive_requests = keepalive_requests
         self.upstream_read_timeout = upstream_read_timeout
-        self.parser_limits = {
+        self.parser_limits: dict[str, Any] = {
             "max_request_line": max_request_line, "max_header_bytes": max_header_bytes,
             "max_headers": max_headers, "max_body": max_body,
         }

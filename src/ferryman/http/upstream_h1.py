@@ -60,10 +60,10 @@ class UpstreamH1(asyncio.Protocol):
         self.listener = None
         self.requests += 1
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
 
-    def writelines(self, parts: list[bytes]) -> None:
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
         self.transport.writelines(parts)  # type: ignore[union-attr]
 
     # asyncio callbacks -----------------------------------------------------------------------

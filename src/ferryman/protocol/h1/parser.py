@@ -163,7 +163,7 @@ class _Parser:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Events for every complete piece of ``data``; raises :class:`H1Error`."""
         if self._error is not None:
             raise H1Error(self._error.status, self._error.reason)

@@ -95,6 +95,7 @@ def last_chunk(trailers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
     return out
 
 
+_clock = time.time  # the wall clock (a module variable, so tests can set it: compiled code binds imports)
 _date_second = -1
 _date_value = b""
 _date_pair = (b"date", b"")
@@ -103,7 +104,7 @@ _date_pair = (b"date", b"")
 def http_date() -> bytes:
     """The current IMF-fixdate, recomputed only when the second changes."""
     global _date_second, _date_value, _date_pair
-    now = int(time.time())
+    now = int(_clock())
     if now != _date_second:
         _date_value = formatdate(now, usegmt=True).encode("ascii")
         _date_pair = (b"date", _date_value)
@@ -113,6 +114,6 @@ def http_date() -> bytes:
 
 def date_header() -> tuple[bytes, bytes]:
     """``(b"date", value)`` for the current second, ready to append to a header list."""
-    if int(time.time()) != _date_second:
+    if int(_clock()) != _date_second:
         http_date()
     return _date_pair
