@@ -12,7 +12,8 @@ import gc
 import inspect
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import uvloop
 from ferryman.net.addr import Address, parse_address
 from ferryman.net.connect import Peer
 from ferryman.net.listener import bind_socket
+from support.process import HttpOrigin
 
 TEST_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 5.0
@@ -233,3 +235,21 @@ class Net:
 @pytest.fixture
 def net() -> Net:
     return Net()
+
+
+@pytest.fixture
+def origins() -> Iterator[tuple[HttpOrigin, HttpOrigin]]:
+    """Two origins that answer their own name (``a``, ``b``): traffic shows which one served."""
+    pair = HttpOrigin("a"), HttpOrigin("b")
+    yield pair
+    for origin in pair:
+        origin.close()
+
+
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """An etcd key prefix of its own for each test (the tests of a module share one etcd)."""
+    return f"/t{next(_prefixes)}/ferryman"

@@ -14,11 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.etcd import Etcd, running_etcd, site_keys
+from support.process import (
+    LOCAL,
+    HttpOrigin,
+    children,
+    ferryman_cli,
+    free_port,
+    gone,
+    http_get,
+    running,
+    wait_until,
+)
 
 from ferryman.config.etcd import EtcdSource
 from ferryman.config.etcd_watch import EtcdWatcher
-from support.etcd import Etcd, running_etcd
-from support.process import LOCAL, HttpOrigin, children, ferryman_cli, free_port, gone, http_get, running, wait_until
 
 RELOAD_TIMEOUT = 15.0  # a change must be served within this (the debounce is 0.2 s)
 
@@ -27,35 +37,6 @@ RELOAD_TIMEOUT = 15.0  # a change must be served within this (the debounce is 0.
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
     with running_etcd(tmp_path_factory.mktemp("etcd")) as server:
         yield server
-
-
-@pytest.fixture
-def origins() -> Iterator[tuple[HttpOrigin, HttpOrigin]]:
-    pair = HttpOrigin("a"), HttpOrigin("b")
-    yield pair
-    for origin in pair:
-        origin.close()
-
-
-_prefixes = iter(range(1, 1000))
-
-
-@pytest.fixture
-def prefix() -> str:
-    """A prefix of its own for each test (they share the module's etcd)."""
-    return f"/t{next(_prefixes)}/ferryman"
-
-
-def site_keys(prefix: str, port: int, backend: str, *, workers: int = 1, admin: int | None = None) -> dict[str, str]:
-    keys = {
-        f"{prefix}/server": f'workers = {workers}\ngrace_period = "1s"\n',
-        f"{prefix}/listeners/web": f'addr = "{LOCAL}:{port}"\nprotocol = "http"\nroutes = ["all"]\n',
-        f"{prefix}/routes/all": 'upstream = "app"\n',
-        f"{prefix}/upstreams/app": f'backends = ["{backend}"]\nconnect_timeout = "2s"\n',
-    }
-    if admin is not None:
-        keys[f"{prefix}/admin"] = f'addr = "{LOCAL}:{admin}"\n'
-    return keys
 
 
 def seed(etcd: Etcd, keys: dict[str, str]) -> None:

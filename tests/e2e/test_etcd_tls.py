@@ -11,12 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.certs import Authority, Issued
+from support.etcd import Etcd, EtcdTls, running_etcd, site_keys
+from support.process import (
+    LOCAL,
+    HttpOrigin,
+    ferryman_cli,
+    free_port,
+    http_get,
+    running,
+    wait_until,
+)
 
 from ferryman.config.etcd import EtcdSource
 from ferryman.config.etcd_watch import EtcdWatcher
-from support.certs import Authority, Issued
-from support.etcd import Etcd, EtcdTls, running_etcd
-from support.process import LOCAL, HttpOrigin, ferryman_cli, free_port, http_get, running, wait_until
 
 RELOAD_TIMEOUT = 15.0
 
@@ -47,34 +55,6 @@ def mtls_etcd(tmp_path_factory: pytest.TempPathFactory, pki: Authority) -> Itera
         yield server
 
 
-@pytest.fixture
-def origins() -> Iterator[tuple[HttpOrigin, HttpOrigin]]:
-    pair = HttpOrigin("a"), HttpOrigin("b")
-    yield pair
-    for origin in pair:
-        origin.close()
-
-
-_prefixes = iter(range(1, 1000))
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/tls{next(_prefixes)}/ferryman"
-
-
-def site_keys(prefix: str, port: int, backend: str, admin: int | None = None) -> dict[str, str]:
-    keys = {
-        f"{prefix}/server": 'workers = 1\ngrace_period = "1s"\n',
-        f"{prefix}/listeners/web": f'addr = "{LOCAL}:{port}"\nprotocol = "http"\nroutes = ["all"]\n',
-        f"{prefix}/routes/all": 'upstream = "app"\n',
-        f"{prefix}/upstreams/app": f'backends = ["{backend}"]\nconnect_timeout = "2s"\n',
-    }
-    if admin is not None:
-        keys[f"{prefix}/admin"] = f'addr = "{LOCAL}:{admin}"\n'
-    return keys
-
-
 def as_toml(prefix: str, keys: dict[str, str]) -> str:
     return "".join(f"[{key.removeprefix(prefix + '/').replace('/', '.')}]\n{value}\n" for key, value in keys.items())
 
@@ -101,7 +81,7 @@ def admin_source(port: int) -> dict:
 def test_run_over_tls_follows_a_changed_key(tls_etcd: Etcd, origins: tuple[HttpOrigin, HttpOrigin], prefix: str) -> None:
     a, b = origins
     port, admin = free_port(), free_port()
-    for key, value in site_keys(prefix, port, a.addr, admin).items():
+    for key, value in site_keys(prefix, port, a.addr, admin=admin).items():
         tls_etcd.put(key, value)
     url = tls_etcd.url(prefix, tls_etcd.tls_query(client=False))
     with running(url) as proc:  # type: ignore[arg-type]

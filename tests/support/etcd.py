@@ -222,3 +222,15 @@ def running_etcd(directory: Path, tls: EtcdTls | None = None) -> Iterator[Etcd]:
         yield server
     finally:
         server.stop()
+
+def site_keys(prefix: str, port: int, backend: str, *, workers: int = 1, admin: int | None = None) -> dict[str, str]:
+    """The keys of a small site: one HTTP listener on ``port``, one route to ``backend``."""
+    keys = {
+        f"{prefix}/server": f'workers = {workers}\ngrace_period = "1s"\n',
+        f"{prefix}/listeners/web": f'addr = "{LOCAL}:{port}"\nprotocol = "http"\nroutes = ["all"]\n',
+        f"{prefix}/routes/all": 'upstream = "app"\n',
+        f"{prefix}/upstreams/app": f'backends = ["{backend}"]\nconnect_timeout = "2s"\n',
+    }
+    if admin is not None:
+        keys[f"{prefix}/admin"] = f'addr = "{LOCAL}:{admin}"\n'
+    return keys
