@@ -75,6 +75,35 @@ async def test_request_body_with_content_length_reaches_the_origin(size: int) ->
         await stop(proxy, server)
 
 
+async def test_body_filters_get_bytes_even_for_large_pieces() -> None:
+    """The codec passes large body pieces on as memoryview slices; a body hook gets bytes (it
+    may call bytes methods such as ``replace``), both ways, and its output goes through."""
+    seen: list[tuple[str, type]] = []
+
+    class Filters(App):
+        def request_body_filter(self, session, chunk, end):
+            seen.append(("request", type(chunk)))
+            return chunk.replace(b"a", b"b")
+
+        def response_body_filter(self, session, chunk, end):
+            seen.append(("response", type(chunk)))
+            return chunk.replace(b"b", b"c")
+
+    server, peer = await origin()
+    proxy = await start_proxy(Filters(peer))
+    client = await Client.open(proxy)
+    body = b"a" * 300_000
+    try:
+        client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        status, _, echoed = await client.response()
+        assert status == 200 and echoed.endswith(b"c" * len(body))  # a → b upstream, b → c back
+        assert {side for side, _ in seen} == {"request", "response"}
+        assert {kind for _, kind in seen} == {bytes}, seen
+    finally:
+        await client.close()
+        await stop(proxy, server)
+
+
 async def test_chunked_request_body_is_forwarded_chunked() -> None:
     server, peer = await origin()
     proxy = await start_proxy(App(peer))

@@ -54,7 +54,9 @@ _CONN_CLOSE = (b"connection", b"close")
 class Exchange:
     """Drives one request. Created by the downstream protocol for each request head."""
 
-    h2_downstream: ClassVar[bool] = False  # H2Exchange: the response goes out as HTTP/2 frames (_send_head_h2); a ClassVar, so that compiled it is read from the class
+    # H2Exchange: the response goes out as HTTP/2 frames (_send_head_h2). A ClassVar: compiled,
+    # an instance default would hide the subclass's value
+    h2_downstream: ClassVar[bool] = False
 
     def __init__(self, downstream: Any, session: Session) -> None:  # a DownstreamH1, or an HTTP/2 stream (downstream_h2.H2Stream)
         self.downstream = downstream
@@ -554,9 +556,9 @@ class Exchange:
         else:
             self.downstream.write(data)
 
-    def _filter_body(self, chunk: bytes | memoryview, end: bool) -> bytes:
+    def _filter_body(self, piece: bytes | memoryview, end: bool) -> bytes:
         app, s, has = self.app, self.session, self.service.has
-        data = chunk if type(chunk) is bytes else bytes(chunk)  # a hook gets bytes (large pieces arrive as memoryview slices)
+        data = piece if type(piece) is bytes else bytes(piece)  # a hook gets bytes (large pieces arrive as memoryview slices)
         try:
             if has["upstream_response_body_filter"]:
                 data = app.upstream_response_body_filter(s, data, end)
