@@ -162,6 +162,8 @@ def connection_refused(port: int) -> bool:
         sock = socket.create_connection((LOCAL, port), timeout=2)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # the listener closed while this connect waited in its queue: ask again
+        return False
     sock.close()
     return False
 
