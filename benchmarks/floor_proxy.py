@@ -26,9 +26,19 @@ With ``--cert`` and ``--key`` it terminates TLS (Python's ``ssl`` module through
 offering ``http/1.1`` only) and proxies in plain HTTP/1.1 as above. That mode exists so the
 TLS tables show the least a Python proxy spends per TLS handshake and per TLS request here.
 
+With ``--workers N`` (N > 1) it forks N worker processes, each with its own SO_REUSEPORT
+listening socket on the same address (bound by the parent before forking: the kernel spreads
+new connections over them, as nginx's and ferryman's ``balance = "kernel"`` workers do), its
+own event loop and its own upstream pool. The parent only waits: on SIGTERM/SIGINT, or when a
+worker exits, it stops the workers by PID (SIGTERM) and waits for them; a worker gets SIGTERM
+from the kernel if the parent dies (``PR_SET_PDEATHSIG``). That mode exists so the two-worker
+tables show how close any two-process Python proxy comes to nginx with two workers here.
+
 Usage::
 
     python benchmarks/floor_proxy.py --listen 127.0.0.1:8080 --origin 127.0.0.1:8000
+    python benchmarks/floor_proxy.py --listen 127.0.0.1:8080 --origin 127.0.0.1:8000 \
+        --workers 2
     python benchmarks/floor_proxy.py --listen 127.0.0.1:8443 --origin 127.0.0.1:8000 \
         --cert cert.pem --key key.pem
 """
@@ -37,10 +47,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import os
 import re
 import signal
+import socket
 import ssl
 import sys
+import traceback
 
 import httptools
 import uvloop
@@ -323,19 +337,119 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 async def serve(
-    listen: tuple[str, int], origin: tuple[str, int], tls: ssl.SSLContext | None = None
+    listen: tuple[str, int], origin: tuple[str, int], tls: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
+    """Proxy until SIGTERM/SIGINT: on ``listen``, or on the bound ``sock`` (a worker's)."""
     loop = asyncio.get_running_loop()
     pool = Pool(loop, *origin)
-    server = await loop.create_server(lambda: Client(pool), *listen, backlog=4096, ssl=tls)
+    where = {"sock": sock} if sock is not None else {"host": listen[0], "port": listen[1]}
+    server = await loop.create_server(lambda: Client(pool), backlog=4096, ssl=tls, **where)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set_result, None)
-    scheme = "https" if tls else "http"
-    print(f"floor proxy on {scheme}://{listen[0]}:{listen[1]} -> {origin[0]}:{origin[1]}",
-          flush=True)
+    if sock is None:
+        scheme = "https" if tls else "http"
+        print(f"floor proxy on {scheme}://{listen[0]}:{listen[1]} -> {origin[0]}:{origin[1]}",
+              flush=True)
     async with server:
         await stop
+
+
+def run(listen: tuple[str, int], origin: tuple[str, int], tls: ssl.SSLContext | None,
+        sock: socket.socket | None = None) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(listen, origin, tls, sock))
+
+
+# --------------------------------------------------------------------------- --workers
+
+
+class Stop(Exception):
+    """Raised by the parent's SIGTERM/SIGINT handler: stop the workers."""
+
+
+def reuseport_sockets(listen: tuple[str, int], n: int) -> list[socket.socket]:
+    """``n`` listening SO_REUSEPORT sockets on ``listen`` (port 0: the first one's port)."""
+    host, port = listen
+    family, _, _, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    socks: list[socket.socket] = []
+    for _ in range(n):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        socks.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(4096)
+        sock.setblocking(False)
+        addr = sock.getsockname()  # port 0: the others join the first one's port
+    return socks
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker: SIGTERM from the kernel when the parent dies (``PR_SET_PDEATHSIG``)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def run_workers(listen: tuple[str, int], origin: tuple[str, int],
+                tls: ssl.SSLContext | None, n: int) -> int:
+    """Fork ``n`` workers, one socket each; wait; stop them all. 0 if stopped by a signal,
+    1 if a worker exited by itself."""
+    socks = reuseport_sockets(listen, n)
+    host, port = socks[0].getsockname()[:2]
+    parent, pids = os.getpid(), []
+    for sock in socks:
+        pid = os.fork()
+        if pid == 0:  # worker: default signal dispositions until its loop takes them
+            code = 1
+            try:
+                die_with_parent(parent)
+                for other in socks:
+                    if other is not sock:
+                        other.close()
+                run(listen, origin, tls, sock)
+                code = 0
+            except BaseException:  # noqa: BLE001 - a worker's end: reported, then _exit
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    for sock in socks:  # the workers hold them
+        sock.close()
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stop(signum)
+
+    code = 0
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+        scheme = "https" if tls else "http"
+        print(f"floor proxy on {scheme}://{host}:{port} -> {origin[0]}:{origin[1]}, "
+              f"{n} workers (pids {', '.join(map(str, pids))})", flush=True)
+        pid, _ = os.wait()  # a worker exited by itself: stop the others too
+        pids.remove(pid)
+        print(f"worker {pid} exited; stopping the others", file=sys.stderr, flush=True)
+        code = 1
+    except Stop:
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            os.waitpid(pid, 0)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,15 +458,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--origin", type=host_port, required=True, help="HOST:PORT to proxy to")
     p.add_argument("--cert", metavar="FILE", help="PEM certificate chain: terminate TLS")
     p.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes, each with its own SO_REUSEPORT socket (default 1)")
     args = p.parse_args(argv)
     if (args.cert is None) != (args.key is None):
         p.error("--cert and --key go together")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
     try:
         tls = tls_context(args.cert, args.key) if args.cert else None
     except (OSError, ssl.SSLError) as exc:
         p.error(f"--cert {args.cert} / --key {args.key}: {exc}")
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.listen, args.origin, tls))
+    if args.workers > 1:
+        return run_workers(args.listen, args.origin, tls, args.workers)
+    run(args.listen, args.origin, tls)
     return 0
 
 

@@ -5,6 +5,7 @@ One command, from the repo root::
 
     python benchmarks/l7.py [--rounds N] [--duration S] [--quick] [--contenders a,b]
                             [--scenarios a,b] [--with-floor] [--with-mitmproxy]
+                            [--with-ferryman-2w] [--with-nginx-2w] [--with-floor-2w]
                             [--python PATH|optimized] [--write-results]
 
 An nginx origin serves ``/small`` (100-byte body) and ``/1m`` (a 1 MiB file) for the whole
@@ -24,6 +25,12 @@ per request on this interpreter) runs in every scenario, on ferryman's interpret
 a table of its own: how much ferryman costs above that floor, and how far the floor is from
 nginx. ``--python`` chooses that interpreter (``optimized``: the distribution's PGO+LTO build,
 see ``install.sh --with-optimized-python``).
+
+Two workers, small-keepalive only: ``--with-ferryman-2w`` (``workers = 2``, reuseport
+balancing), ``--with-nginx-2w`` (``worker_processes 2``) and ``--with-floor-2w``
+(``python-floor-2w``: ``floor_proxy.py --workers 2``, one SO_REUSEPORT socket per process),
+each with a table against nginx-2w: whether ferryman, and any Python proxy at all, reaches
+nginx with two workers here.
 """
 
 from __future__ import annotations
@@ -122,7 +129,8 @@ NOTES = (
         "`proxy_buffering on`; haproxy `mode http`, `http-reuse always`; ferryman one http "
         "listener, one upstream (`upstream = ...`); ferryman-routes (small-keepalive only) the "
         "same listener with `routes = [...]`, see its table; python-floor (--with-floor) "
-        "`benchmarks/floor_proxy.py`, see its table. MB/s is wrk's bytes read "
+        "`benchmarks/floor_proxy.py`, see its table (python-floor-2w, --with-floor-2w: the "
+        "same with `--workers 2`, small-keepalive only). MB/s is wrk's bytes read "
         "(headers included)."
     ),
     (
@@ -158,6 +166,15 @@ FLOOR_NOTE = (
     "what ferryman's features cost per request above it, `python-floor vs nginx` how close "
     "any Python proxy on this interpreter can come to nginx."
 )
+FLOOR_WORKERS_NOTE = (
+    "python-floor-2w: `benchmarks/floor_proxy.py --workers 2` on ferryman's interpreter, only "
+    "with `--with-floor-2w`: two processes, each with its own SO_REUSEPORT socket on the same "
+    "port (the kernel spreads connections, like ferryman's `balance = \"kernel\"`), event loop "
+    "and keep-alive pool; proxy CPU counts both workers and their parent. Against nginx-2w "
+    "(`--with-nginx-2w`) it shows whether any Python proxy with two processes reaches nginx with "
+    "two workers on this machine, i.e. the most the ferryman-2w ≥ 1.0x nginx-2w target can "
+    "get here. wrk, the origin and the proxies share the machine's 2 cores."
+)
 COMPARISONS = (
     CostComparison("ferryman vs the Python floor", "ferryman", "python-floor", "nginx",
                    (FLOOR_NOTE,)),
@@ -169,6 +186,8 @@ COMPARISONS = (
                (WORKERS_NOTE,)),
     Comparison("ferryman: two workers vs one", "small-keepalive", "ferryman-2w", "ferryman",
                (WORKERS_NOTE,)),
+    Comparison("two workers: python-floor vs nginx", "small-keepalive", "python-floor-2w",
+               "nginx-2w", (FLOOR_WORKERS_NOTE,)),
 )
 
 
@@ -290,9 +309,14 @@ def start_ferryman_routes(group: ProcessGroup, workdir: Path, origin: int) -> Co
     return Contender("ferryman-routes", port, [svc], scenarios=ONLY_SMALL)
 
 
-def start_python_floor(group: ProcessGroup, origin: int) -> Contender:
+def start_python_floor(group: ProcessGroup, origin: int, workers: int = 1) -> Contender:
     (port,) = free_ports(1)
-    return Contender("python-floor", port, [start_floor_proxy(group, port, origin)])
+    if workers == 1:
+        return Contender("python-floor", port, [start_floor_proxy(group, port, origin)])
+    # one service: the parent; cpu_seconds() sums its process tree, i.e. every worker too
+    name = f"python-floor-{workers}w"
+    svc = start_floor_proxy(group, port, origin, name=name, extra=("--workers", str(workers)))
+    return Contender(name, port, [svc], scenarios=ONLY_SMALL)
 
 
 def mitmdump_found() -> list[str]:
@@ -417,6 +441,7 @@ def start(
         "python-floor": lambda: start_python_floor(group, origin_port),
         "ferryman-2w": lambda: start_ferryman_workers(group, workdir, origin_port, 2),
         "nginx-2w": lambda: start_nginx_proxy(group, workdir, origin_port, 2),
+        "python-floor-2w": lambda: start_python_floor(group, origin_port, 2),
     }
     contenders = [starters[n]() for n in names]
     settle_contenders(contenders, lambda c: [c.ports], check_verify)
@@ -503,8 +528,10 @@ HARNESS = Harness(
         "nginx-2w": "nginx with 2 worker processes, small-keepalive only",
         "python-floor": "benchmarks/floor_proxy.py, the floor of a Python proxy on ferryman's "
                         "interpreter, in every scenario",
+        "python-floor-2w": "benchmarks/floor_proxy.py --workers 2 (an SO_REUSEPORT socket per "
+                           "process), small-keepalive only; its table is against nginx-2w",
     },
-    optional_flags={"python-floor": "floor"},
+    optional_flags={"python-floor": "floor", "python-floor-2w": "floor-2w"},
     comparisons=COMPARISONS,
     extra_versions=extra_versions,
 )

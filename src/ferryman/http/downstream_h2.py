@@ -81,10 +81,10 @@ class H2Exchange(Exchange):
         if self.resp_ended:
             self._end_response()
 
-    def _send_tail(self, data: bytes) -> None:
+    def _send_tail(self, data: bytes | memoryview) -> None:
         self.downstream.write(data)
 
-    def _write_response_chunk(self, data: bytes) -> None:
+    def _write_response_chunk(self, data: bytes | memoryview) -> None:
         if self.body_filters:
             data = self._filter_body(data, False)
             if not data:

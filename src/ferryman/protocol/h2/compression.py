@@ -153,10 +153,12 @@ class Encoder:
             if numbers.get(field) == number:
                 del numbers[field]
 
-    def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
-        """A header block; a list of plain ``(name, value)`` tuples that was encoded before
-        without changing the table encodes to the same bytes for as long as nothing was
-        inserted since (evictions come only with insertions or a new table size)."""
+    def encode(self, headers: list[Any], huffman: bool = True) -> bytes:
+        """A header block. ``headers``: ``(name, value)`` bytes pairs, or what hpack takes too
+        (a hook's str or int values, never-indexed ``HeaderTuple``s). A list of plain pairs
+        that was encoded before without changing the table encodes to the same bytes for as
+        long as nothing was inserted since (evictions come only with insertions or a new
+        table size)."""
         if self._resize:
             self._blocks.clear()
             return self._encode(headers)
@@ -176,8 +178,8 @@ class Encoder:
             blocks[key] = (block, inserted)
         return block
 
-    def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        out = []
+    def _encode(self, headers: list[Any]) -> bytes:
+        out: list[bytes] = []
         if self._resize:
             out.extend(encode_integer(size, 5, 0x20) for size in self._resize)
             self._resize = []
@@ -266,11 +268,11 @@ class Decoder(_HpackDecoder):
         table = self.header_table
         entries = table.dynamic_entries
         newest, size = entries[0] if entries else None, table.maxsize
-        headers = super().decode(block, raw)
+        decoded = super().decode(block, raw)
         if (entries[0] if entries else None) is not newest or table.maxsize != size:
             memo.clear()  # the table changed: what was memoised may mean something else now
         elif len(block) <= _BLOCK_SIZE:  # this block decodes the same until the table changes
             if len(memo) >= _BLOCKS_LIMIT:
                 memo.clear()
-            memo[block] = tuple(headers)
-        return headers
+            memo[block] = tuple(decoded)
+        return decoded
