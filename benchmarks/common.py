@@ -886,7 +886,7 @@ def run_rounds(
 
 
 def print_progress(rec: dict[str, Any], unit: str) -> None:
-    head = f"  round {rec['round']} {rec['scenario']:<15} {rec['contender']:<13}"
+    head = f"  round {rec['round']} {rec['scenario']:<15} {rec['contender']:<15}"
     if rec["value"] is None:
         print(f"{head} FAILED: {rec['error']}", flush=True)
         return
