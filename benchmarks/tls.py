@@ -12,7 +12,10 @@ ECDSA P-256 certificate, made for the run; TLS 1.2/1.3 with each server's defaul
 with one worker and proxies to the origin over a keep-alive pool. Scenarios:
 
 - ``tls-new-conn``: wrk with ``Connection: close``, so every request is a new TCP connection
-  and a full TLS handshake (wrk does not resume sessions): handshakes per second.
+  and a TLS handshake: handshakes per second. wrk resumes: it offers the session ticket of
+  its previous connection, so after the first handshake of each of its connection slots
+  every handshake is a TLS 1.3 resumption with an X25519 key exchange (no certificate, no
+  signature), for every contender that issues tickets (all do by default).
 - ``tls-keepalive``: wrk over kept-alive TLS connections: the cost of the record layer.
 - ``h2-small``: h2load ``-c10 -m10`` over TLS with ALPN ``h2`` (ten connections, ten
   concurrent streams each): HTTP/2 small requests.
@@ -78,7 +81,10 @@ NOTES = (
     "Targets (issue): TLS handshakes/s (tls-new-conn) ≥ 0.8x nginx; h2-small ≥ 0.4x nginx.",
     "Every contender: one worker, one ECDSA P-256 certificate, TLS terminated, HTTP/1.1 "
     "keep-alive pool to an nginx origin. nginx `ssl_session_cache` off and haproxy's default "
-    "cache: wrk never resumes a session, so every new connection is a full handshake.",
+    "cache; all issue TLS 1.3 session tickets (their default), and wrk offers its previous "
+    "connection's ticket: after the first handshake of each wrk connection, every handshake is "
+    "a resumption with an X25519 key exchange (no certificate or signature; nginx's "
+    "`$ssl_session_reused` says `r` for all but those first ones).",
     (
         "python-floor (--with-floor): `benchmarks/floor_proxy.py --cert --key`, see its "
         "table; tls-new-conn and tls-keepalive only (not h2-small: it speaks HTTP/1.1 only)."
