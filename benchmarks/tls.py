@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # imported after the sys.path tweak that makes it importable
 from common import (
+    BENCH_DIR,
+    REPO_DIR,
     SMALL_BODY,
     Contender,
     CostComparison,
@@ -102,9 +104,20 @@ FLOOR_NOTE = (
     "TLS request (tls-keepalive) above it, `python-floor vs nginx` how close any Python "
     "proxy on this interpreter can come to nginx. Not in h2-small: HTTP/1.1 only."
 )
+BARE_SCENARIOS = ("tls-new-conn", "tls-keepalive")  # HTTP/1.1 over TLS: not h2-small
+BARE_NOTE = (
+    "python-bare (--with-python-bare): `benchmarks/tls_bare.py`, uvloop's `create_server(ssl=...)` "
+    "with the floor's TLS context on ferryman's interpreter, answering every request itself "
+    "(200, the same 100-byte body); nginx-bare (--with-nginx-bare): nginx answering `return 200` "
+    "with that body, the nginx contender's TLS settings. No proxying in either: what the TLS "
+    "handshake (tls-new-conn) and the record layer (tls-keepalive) alone cost Python here, "
+    "against nginx."
+)
 COMPARISONS = (
     CostComparison("ferryman vs the Python floor", "ferryman", "python-floor", "nginx",
                    (FLOOR_NOTE,)),
+    CostComparison("bare TLS servers, no proxying: Python vs nginx", "python-bare", "nginx-bare",
+                   "nginx", (BARE_NOTE,)),
 )
 
 
@@ -220,6 +233,35 @@ backends = ["127.0.0.1:{origin}"]
     return Contender("ferryman", port, [start_ferryman(group, workdir, conf)])
 
 
+def start_nginx_bare(group: ProcessGroup, workdir: Path, cert: Path, key: Path) -> Contender:
+    """nginx answering ``/small`` itself over TLS (no proxying), with the nginx contender's
+    TLS settings."""
+    (port,) = free_ports(1)
+    body = f"""
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location = /small {{
+            default_type text/plain;
+            return 200 "{SMALL_BODY.rstrip(chr(10))}\\n";
+        }}
+    }}"""
+    conf = nginx_main_block(workdir, "nginx-bare") + nginx_http_block(workdir, "nginx-bare", body)
+    return Contender("nginx-bare", port, [start_nginx(group, workdir, "nginx-bare", conf)],
+                     scenarios=BARE_SCENARIOS)
+
+
+def start_python_bare(group: ProcessGroup, cert: Path, key: Path) -> Contender:
+    """``tls_bare.py`` (a Python TLS server answering itself) on the group's interpreter."""
+    (port,) = free_ports(1)
+    argv = [group.python, str(BENCH_DIR / "tls_bare.py"), "--listen", f"127.0.0.1:{port}",
+            "--cert", str(cert), "--key", str(key)]
+    return Contender("python-bare", port, [group.start("python-bare", argv, cwd=REPO_DIR)],
+                     scenarios=BARE_SCENARIOS)
+
+
 def start_python_floor(group: ProcessGroup, origin: int, cert: Path, key: Path) -> Contender:
     """``floor_proxy.py`` terminating TLS with the run's certificate, on the group's interpreter."""
     (port,) = free_ports(1)
@@ -257,6 +299,8 @@ def start(group: ProcessGroup, workdir: Path, names: list[str]) -> tuple[list[Co
         "haproxy": lambda: start_haproxy_tls(group, workdir, origin_port, both),
         "ferryman": lambda: start_ferryman_tls(group, workdir, origin_port, cert, key),
         "python-floor": lambda: start_python_floor(group, origin_port, cert, key),
+        "nginx-bare": lambda: start_nginx_bare(group, workdir, cert, key),
+        "python-bare": lambda: start_python_bare(group, cert, key),
     }
     contenders = [starters[n]() for n in names]
     settle_contenders(contenders, lambda c: [c.ports], verify)
@@ -321,8 +365,12 @@ HARNESS = Harness(
     optional={
         "python-floor": "benchmarks/floor_proxy.py --cert --key, the floor of a Python TLS "
                         "proxy on ferryman's interpreter, in tls-new-conn and tls-keepalive",
+        "nginx-bare": "nginx answering /small itself over TLS (no proxying), in tls-new-conn "
+                      "and tls-keepalive; its table is against python-bare",
+        "python-bare": "benchmarks/tls_bare.py, a Python TLS server answering /small itself "
+                       "(no proxying), in tls-new-conn and tls-keepalive",
     },
-    optional_flags={"python-floor": "floor"},
+    optional_flags={"python-floor": "floor"},  # the bare servers: --with-nginx-bare, --with-python-bare
     comparisons=COMPARISONS,
 )
 
