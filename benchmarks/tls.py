@@ -26,7 +26,9 @@ With ``--with-floor``, ``python-floor`` (``floor_proxy.py --cert --key``: the le
 proxy spends per TLS handshake and per TLS request on this interpreter) runs in tls-new-conn
 and tls-keepalive (not h2-small: it speaks HTTP/1.1 only), on ferryman's interpreter
 (``--python``), with the same certificate, and gets a table of its own: how much ferryman
-costs above that floor, and how far the floor is from nginx.
+costs above that floor, and how far the floor is from nginx. ``--with-python-bare`` and
+``--with-nginx-bare`` add two servers that answer ``/small`` themselves (``tls_bare.py``, and
+nginx's ``return 200``), in the same two scenarios: what TLS alone costs Python against nginx.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ FLOOR_NOTE = (
     "TLS request (tls-keepalive) above it, `python-floor vs nginx` how close any Python "
     "proxy on this interpreter can come to nginx. Not in h2-small: HTTP/1.1 only."
 )
-BARE_SCENARIOS = ("tls-new-conn", "tls-keepalive")  # HTTP/1.1 over TLS: not h2-small
+BARE_SCENARIOS = FLOOR_SCENARIOS  # tls_bare.py speaks HTTP/1.1 only too
 BARE_NOTE = (
     "python-bare (--with-python-bare): `benchmarks/tls_bare.py`, uvloop's `create_server(ssl=...)` "
     "with the floor's TLS context on ferryman's interpreter, answering every request itself "
