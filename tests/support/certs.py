@@ -75,13 +75,18 @@ class Authority:
         ips: tuple[str, ...] = (),
         uris: tuple[str, ...] = (),
         client: bool = False,
+        client_too: bool = False,
         file: str | None = None,
     ) -> Issued:
         """A leaf for ``cn`` with these subjectAltName entries (none given: no SAN, CN only).
-        ``client``: a client-auth certificate. ``file``: base name of its two files."""
+        ``client``: a client-auth certificate; ``client_too``: server- and client-auth (a
+        server that dials its own peers with it). ``file``: base name of its two files."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        if client_too:
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        else:
+            usages = [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
@@ -91,7 +96,7 @@ class Authority:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]

@@ -10,9 +10,7 @@ and with ``client_cert_auth`` demands a client certificate signed by ``ca``
 from __future__ import annotations
 
 import base64
-import datetime
 import http.client
-import ipaddress
 import json
 import shutil
 import ssl
@@ -22,11 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from support.certs import Authority
 from support.process import LOCAL, free_port, wait_until
@@ -54,40 +47,16 @@ class EtcdTls:
     def make(cls, authority: Authority, *, client_cert_auth: bool = False) -> EtcdTls:
         """etcd's certificate (for 127.0.0.1 only) and a client certificate, both from
         ``authority``, written into its directory."""
-        server = _etcd_certificate(authority)
+        # etcd's JSON gateway dials etcd's gRPC port with etcd's own certificate, so with
+        # --client-cert-auth it must be a client certificate too (else every request gets 503)
+        server = authority.issue("etcd", ips=(LOCAL,), client_too=True, file="etcd-server")
         client = authority.issue("etcd test client", client=True, file="etcd-test-client")
-        return cls(*server, authority.cert, client.cert, client.key, client_cert_auth)
+        return cls(server.cert, server.key, authority.cert, client.cert, client.key, client_cert_auth)
 
     def context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca)
         context.load_cert_chain(self.client_cert, self.client_key)
         return context
-
-
-def _etcd_certificate(authority: Authority) -> tuple[str, str]:
-    """etcd's own certificate: IP SAN 127.0.0.1, for server *and* client use. etcd's JSON
-    gateway dials etcd's gRPC port with this certificate, so with ``--client-cert-auth`` it
-    must be a client certificate too (else every gateway request fails with 503)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd")])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(authority.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCAL))]), critical=False)
-        .sign(authority.key, hashes.SHA256())
-    )
-    cert, key_file = authority.directory / "etcd-server.pem", authority.directory / "etcd-server.key"
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return str(cert), str(key_file)
 
 
 class Etcd:
