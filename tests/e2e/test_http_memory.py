@@ -269,9 +269,12 @@ def answer(body: bytes) -> bytes:
 
 
 # origins --------------------------------------------------------------------------------------------
-def slow_reader(read: int = SLOW_READ, pause: float = SLOW_PAUSE) -> Callable[[socket.socket], Awaitable[None]]:
+def slow_reader(read: int = SLOW_READ, pause: float = SLOW_PAUSE, rcvbuf: int | None = None) -> Callable[[socket.socket], Awaitable[None]]:
     async def receive_slowly(conn: socket.socket) -> None:
-        """Origin: read the request body slowly; answer with its size and CRC-32."""
+        """Origin: read the request body slowly; answer with its size and CRC-32. ``rcvbuf``
+        caps the connection's receive buffer (else the kernel grows it to megabytes)."""
+        if rcvbuf is not None:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         message = Message()
         await receive(conn, httptools.HttpRequestParser(message), message, read=read, pause=pause)
         await asyncio.get_running_loop().sock_sendall(conn, answer(b"%d %08x" % (message.size, message.crc)))
@@ -441,9 +444,14 @@ async def in_process_proxy(net: Net, origin: Origin, **options: Any) -> HttpProx
 @pytest.mark.parametrize("direction", ["upload", "download"])
 async def test_a_slow_transfer_longer_than_the_upstream_read_timeout_completes(net: Net, direction: str) -> None:
     """The upstream read timeout bounds an upstream's silence, not a transfer's length: an
-    upload the upstream keeps reading and a download the client keeps reading both outlast it."""
+    upload the upstream keeps reading and a download the client keeps reading both outlast it.
+
+    The upload's origin caps its receive buffer: the proxy sees an upstream read only when
+    its own writes drain, and megabytes of kernel buffers between the two would be real
+    silence of more than the timeout at the end of the body (nginx's proxy_read_timeout,
+    which starts once the request is sent, would fire there too)."""
     upload = direction == "upload"
-    origin = await net.origin(slow_reader(65536, 0.005) if upload else fast_sender("content-length", SLOW_BLOCKS))
+    origin = await net.origin(slow_reader(65536, 0.005, rcvbuf=128 * 1024) if upload else fast_sender("content-length", SLOW_BLOCKS))
     proxy = await in_process_proxy(net, origin, upstream_read_timeout=READ_TIMEOUT)
     client = await net.connect(proxy.sock.getsockname())
     loop = asyncio.get_running_loop()
