@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, ResponseReceived, StreamEnded, StreamReset
+from support.h2_pair import shuttle as exchange
 
 from ferryman.protocol.h2 import PREFACE, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed
 
@@ -16,19 +17,6 @@ def pair() -> tuple[H2Endpoint, H2Endpoint, list, list]:
     s_events, c_events = [], []
     exchange(server, client, s_events, c_events)
     return server, client, s_events, c_events
-
-
-def exchange(server: H2Endpoint, client: H2Endpoint, s_events: list, c_events: list) -> None:
-    """Move bytes both ways until both are quiet (bounded)."""
-    for _ in range(20):
-        to_server, to_client = client.data_to_send(), server.data_to_send()
-        if not to_server and not to_client:
-            return
-        if to_server:
-            s_events += server.receive(to_server)
-        if to_client:
-            c_events += client.receive(to_client)
-    raise AssertionError("endpoints kept talking")
 
 
 def raw_headers(client: H2Endpoint, headers: list, end: bool = True) -> int:

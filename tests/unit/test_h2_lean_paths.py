@@ -22,6 +22,7 @@ from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy, StreamState
 from hpack import Decoder as ReferenceDecoder
 from hpack import NeverIndexedHeaderTuple
+from support.h2_pair import shuttle
 
 from ferryman.protocol.h2 import (
     H2ConnectionError,
@@ -45,18 +46,6 @@ def plain(**settings: int) -> H2Connection:
     if settings:
         conn.update_settings({getattr(SettingCodes, k.upper()): v for k, v in settings.items()})
     return conn
-
-
-def shuttle(server: H2Endpoint, client: H2Connection, s_events: list, c_events: list) -> None:
-    for _ in range(50):
-        to_server, to_client = client.data_to_send(), server.data_to_send()
-        if not to_server and not to_client:
-            return
-        if to_server:
-            s_events += server.receive(to_server)
-        if to_client:
-            c_events += client.receive_data(to_client)
-    raise AssertionError("endpoints kept talking")
 
 
 def connected(**settings: int) -> tuple[H2Endpoint, H2Connection, list, list]:
