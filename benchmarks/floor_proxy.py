@@ -23,8 +23,10 @@ What it does, and no more than the benchmark needs:
 
 With ``--cert`` and ``--key`` it terminates TLS (Python's ``ssl`` module through uvloop's
 ``create_server(ssl=...)``: TLS 1.2 and 1.3, the ``ssl`` module's default ciphers, ALPN
-offering ``http/1.1`` only) and proxies in plain HTTP/1.1 as above. That mode exists so the
-TLS tables show the least a Python proxy spends per TLS handshake and per TLS request here.
+offering ``h2`` and ``http/1.1``, as ferryman does) and proxies in plain HTTP/1.1 as above. A
+client that chose ``h2`` is served by ``floor_h2.py`` (the ``h2`` library, each stream
+forwarded as HTTP/1.1 over a pool of its own). That mode exists so the TLS tables show the
+least a Python proxy spends per TLS handshake, per TLS request and per HTTP/2 request here.
 
 With ``--workers N`` (N > 1) it forks N worker processes, each with its own SO_REUSEPORT
 listening socket on the same address (bound by the parent before forking: the kernel spreads
@@ -160,10 +162,12 @@ class Upstream(asyncio.Protocol):
 
 
 class Client(asyncio.Protocol):
-    """One client connection: parses its requests and hands each to an upstream connection."""
+    """One client connection: parses its requests and hands each to an upstream connection
+    (or, when ALPN chose ``h2``, hands the connection to ``floor_h2.H2Client``)."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, h2_pool: Pool | None = None) -> None:
         self.pool = pool
+        self.h2_pool = h2_pool  # TLS: the upstream pool of HTTP/2 clients
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.up: Upstream | None = None  # serving the request in flight
@@ -179,6 +183,12 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.h2_pool is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                from floor_h2 import H2Client
+
+                H2Client(self.h2_pool).start(self.transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -327,12 +337,13 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """The server context of ``--cert``/``--key``: TLS 1.2+, ALPN ``http/1.1`` only."""
+def tls_context(cert: str, key: str, h2: bool = False) -> ssl.SSLContext:
+    """The server context of ``--cert``/``--key``: TLS 1.2+, ALPN ``http/1.1`` (and ``h2``
+    first, for the proxy: ``tls_bare.py`` speaks HTTP/1.1 only)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if h2 else ["http/1.1"])
     return ctx
 
 
@@ -343,8 +354,9 @@ async def serve(
     """Proxy until SIGTERM/SIGINT: on ``listen``, or on the bound ``sock`` (a worker's)."""
     loop = asyncio.get_running_loop()
     pool = Pool(loop, *origin)
+    h2_pool = Pool(loop, *origin) if tls is not None else None  # holds floor_h2's upstreams
     where = {"sock": sock} if sock is not None else {"host": listen[0], "port": listen[1]}
-    server = await loop.create_server(lambda: Client(pool), backlog=4096, ssl=tls, **where)
+    server = await loop.create_server(lambda: Client(pool, h2_pool), backlog=4096, ssl=tls, **where)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set_result, None)
@@ -466,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         p.error("--workers must be >= 1")
     try:
-        tls = tls_context(args.cert, args.key) if args.cert else None
+        tls = tls_context(args.cert, args.key, h2=True) if args.cert else None
     except (OSError, ssl.SSLError) as exc:
         p.error(f"--cert {args.cert} / --key {args.key}: {exc}")
     if args.workers > 1:

@@ -23,8 +23,8 @@ with one worker and proxies to the origin over a keep-alive pool. Scenarios:
 Rounds are interleaved and ratios are medians of paired ratios, as in ``l7.py``.
 
 With ``--with-floor``, ``python-floor`` (``floor_proxy.py --cert --key``: the least a Python
-proxy spends per TLS handshake and per TLS request on this interpreter) runs in tls-new-conn
-and tls-keepalive (not h2-small: it speaks HTTP/1.1 only), on ferryman's interpreter
+proxy spends per TLS handshake, per TLS request and, with ``floor_h2.py`` on the ``h2``
+library, per HTTP/2 request on this interpreter) runs in every scenario, on ferryman's interpreter
 (``--python``), with the same certificate, and gets a table of its own: how much ferryman
 costs above that floor, and how far the floor is from nginx. ``--with-python-bare`` and
 ``--with-nginx-bare`` add two servers that answer ``/small`` themselves (``tls_bare.py``, and
@@ -89,24 +89,24 @@ NOTES = (
     "connection's ticket: after the first handshake of each wrk connection, every handshake is "
     "a resumption with an X25519 key exchange (no certificate or signature; nginx's "
     "`$ssl_session_reused` says `r` for all but those first ones).",
-    (
-        "python-floor (--with-floor): `benchmarks/floor_proxy.py --cert --key`, see its "
-        "table; tls-new-conn and tls-keepalive only (not h2-small: it speaks HTTP/1.1 only)."
-    ),
+    "python-floor (--with-floor): `benchmarks/floor_proxy.py --cert --key`, see its table.",
 )
-FLOOR_SCENARIOS = ("tls-new-conn", "tls-keepalive")  # HTTP/1.1 over TLS: not h2-small
+FLOOR_SCENARIOS = ("tls-new-conn", "tls-keepalive", "h2-small")
 FLOOR_NOTE = (
     "python-floor: `benchmarks/floor_proxy.py --cert CERT --key KEY` on ferryman's "
     "interpreter, only with `--with-floor`: uvloop's `create_server(ssl=...)` with Python's "
-    "`ssl` module (TLS 1.2+, the module's default ciphers, ALPN `http/1.1` only, the same "
-    "certificate), httptools parsers, one LIFO keep-alive pool to the origin; no hooks, "
-    "routing, filters, timeouts, logging or validation beyond llhttp's. It is the floor of a "
-    "Python TLS proxy on this interpreter, not a product: `ferryman CPU µs/req above "
-    "python-floor` is what ferryman's features cost per TLS handshake (tls-new-conn) and per "
-    "TLS request (tls-keepalive) above it, `python-floor vs nginx` how close any Python "
-    "proxy on this interpreter can come to nginx. Not in h2-small: HTTP/1.1 only."
+    "`ssl` module (TLS 1.2+, the module's default ciphers, ALPN `h2` and `http/1.1`, the same "
+    "certificate), httptools parsers, one LIFO keep-alive pool to the origin; an `h2` client "
+    "is served by `benchmarks/floor_h2.py` (the `h2` library with its header validation off, "
+    "each stream forwarded as HTTP/1.1 over a pool of its own, HEADERS + DATA back). No "
+    "hooks, routing, filters, timeouts, logging or validation beyond the libraries' own. It "
+    "is the floor of a Python TLS proxy on this interpreter, not a product: `ferryman CPU "
+    "µs/req above python-floor` is what ferryman's features cost per TLS handshake "
+    "(tls-new-conn), per TLS request (tls-keepalive) and per HTTP/2 request (h2-small) above "
+    "it, `python-floor vs nginx` how close any Python proxy on this interpreter (and, in "
+    "h2-small, on the `h2` library) can come to nginx."
 )
-BARE_SCENARIOS = FLOOR_SCENARIOS  # tls_bare.py speaks HTTP/1.1 only too
+BARE_SCENARIOS = ("tls-new-conn", "tls-keepalive")  # tls_bare.py speaks HTTP/1.1 only
 BARE_NOTE = (
     "python-bare (--with-python-bare): `benchmarks/tls_bare.py`, uvloop's `create_server(ssl=...)` "
     "with the floor's TLS context on ferryman's interpreter, answering every request itself "
@@ -366,7 +366,7 @@ HARNESS = Harness(
     meta={"wrk": {"threads": 1, "connections": 50}, "h2load": {"clients": 10, "streams": 10}},
     optional={
         "python-floor": "benchmarks/floor_proxy.py --cert --key, the floor of a Python TLS "
-                        "proxy on ferryman's interpreter, in tls-new-conn and tls-keepalive",
+                        "and HTTP/2 proxy on ferryman's interpreter",
         "nginx-bare": "nginx answering /small itself over TLS (no proxying), in tls-new-conn "
                       "and tls-keepalive; its table is against python-bare",
         "python-bare": "benchmarks/tls_bare.py, a Python TLS server answering /small itself "
