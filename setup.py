@@ -1,8 +1,8 @@
 """Build settings beyond pyproject.toml: the optional compiled core.
 
 ``FERRYMAN_COMPILE=1 pip install --no-build-isolation .`` (with ``mypy`` installed) compiles the
-per-request HTTP/1.1 modules below with mypyc into C extensions; everything else, and every
-API, stays the same Python. Without the variable (the default, and editable installs for
+per-request HTTP/1.1 modules below, and the HTTP/2 client connection, with mypyc into C
+extensions; everything else, and every API, stays the same Python. Without the variable (the default, and editable installs for
 development) nothing is compiled. ``ferryman version`` says which one is running.
 """
 
@@ -11,7 +11,9 @@ import os
 from setuptools import setup
 
 # The modules every HTTP/1.1 request runs through: codec, exchange, connections, pool, and
-# the gateway's backend choice and request metrics.
+# the gateway's backend choice and request metrics; and the HTTP/2 client connection, whose
+# per-stream exchange is then a native subclass of the compiled Exchange (protocol/h2 stays
+# interpreted: it mostly calls into the h2 library, and compiled it was slower).
 COMPILED = [
     "src/ferryman/protocol/h1/events.py",
     "src/ferryman/protocol/h1/headers.py",
@@ -22,6 +24,7 @@ COMPILED = [
     "src/ferryman/http/exchange.py",
     "src/ferryman/http/downstream_h1.py",
     "src/ferryman/http/upstream_h1.py",
+    "src/ferryman/http/downstream_h2.py",
     "src/ferryman/upstream/pool.py",
     "src/ferryman/upstream/balancer.py",
     "src/ferryman/upstream/selection/round_robin.py",

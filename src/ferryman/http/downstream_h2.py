@@ -117,18 +117,6 @@ class H2Exchange(Exchange):
 class H2Stream:
     """One stream of a client's HTTP/2 connection: the downstream of one exchange."""
 
-    tunnel = False
-    detached = False
-    # (class-level defaults: set on the instance only when they change; a stream is made per request)
-    keep_alive = True  # the exchange may clear it: meaningless per stream
-    body_activity = 0.0
-    pending_file: tuple[int, int, int] | None = None
-    end_after: list | bool | None = None  # end once ``out`` is sent (trailers or True)
-    expected: int | None = None  # the request's content-length
-    received = 0  # request body bytes
-    stalled_at = 0.0  # loop time the response last made progress while write_paused
-    _drained: asyncio.Future[None] | None = None
-
     def __init__(self, conn: DownstreamH2, stream_id: int, remote_ended: bool) -> None:
         self.conn = conn
         self.stream_id = stream_id
@@ -136,12 +124,22 @@ class H2Stream:
         self.loop = conn.loop
         self.transport = conn.transport  # for Session.ssl_object
         self.exchange: H2Exchange | None = None
+        self.tunnel = False  # what the exchange asks of a downstream; never true for a stream
+        self.detached = False
+        self.keep_alive = True  # the exchange may clear it: meaningless per stream
         self.closing = False  # reset either way, or the connection is gone
         self.write_paused = False
         self.credit = Credit()
         self.out: deque[bytes] = deque()
         self.local_ended = False  # END_STREAM sent (or the stream was reset)
         self.remote_ended = remote_ended
+        self.end_after: list | bool | None = None  # end once ``out`` is sent (trailers or True)
+        self.expected: int | None = None  # the request's content-length
+        self.received = 0  # request body bytes
+        self.body_activity = 0.0
+        self.stalled_at = 0.0  # loop time the response last made progress while write_paused
+        self.pending_file: tuple[int, int, int] | None = None
+        self._drained: asyncio.Future[None] | None = None
 
     # responses ---------------------------------------------------------------------------------
     def send_head(self, status: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
