@@ -2,8 +2,9 @@
 
 ``FERRYMAN_COMPILE=1 pip install --no-build-isolation .`` (with ``mypy`` installed) compiles the
 per-request HTTP/1.1 modules below, and the HTTP/2 client connection, with mypyc into C
-extensions; everything else, and every API, stays the same Python. Without the variable (the default, and editable installs for
-development) nothing is compiled. ``ferryman version`` says which one is running.
+extensions; everything else, and every API, stays the same Python. Without the variable (the
+default, and editable installs for development) nothing is compiled. ``ferryman version`` says
+which one is running.
 """
 
 import os
