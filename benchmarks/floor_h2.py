@@ -111,8 +111,11 @@ class H2Client(asyncio.Protocol):
                 self.window_opened(event.stream_id)
             elif kind is StreamReset:
                 self.drop(event.stream_id)
-            elif kind is ConnectionTerminated:
+            elif kind is ConnectionTerminated:  # h2 accepts no more frames: drop what is open
+                self.flush()
+                self.connection_lost(None)
                 self.transport.close()
+                return
         self.flush()
 
     # ------------------------------------------------------------------ requests
@@ -287,7 +290,9 @@ class H2Upstream(asyncio.Protocol):
         if self.done:
             stream = self.stream
             self.client = self.stream = None
+            stream.up = None  # type: ignore[union-attr]  # (its body may still wait for window: not ours now)
             if self.keep_alive:
+                self.transport.resume_reading()  # the last bytes may have paused it (a full window)
                 self.pool.put(self)  # type: ignore[arg-type]
             else:
                 self.transport.close()
@@ -329,6 +334,7 @@ class H2Upstream(asyncio.Protocol):
             if self.parser.get_status_code() >= 200 and self.sent_head and not self.done and exc is None:
                 client, stream = self.client, self.stream
                 self.client = self.stream = None
+                stream.up = None  # type: ignore[union-attr]
                 client.end(stream)  # type: ignore[arg-type]
                 client.flush_soon()
             else:
