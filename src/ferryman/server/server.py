@@ -7,6 +7,7 @@ A *service* has ``start()``, ``stop_accepting()`` and ``async drain(timeout)``; 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -37,6 +38,27 @@ def install_uvloop() -> bool:
     except ImportError:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+GC_DEFAULT_THRESHOLD = 700  # CPython's: a young-generation collection every 700 net allocations
+GC_SERVING_THRESHOLD = 10_000
+
+
+def relax_gc() -> bool:
+    """Collect the young generation every 10,000 net allocations instead of 700, once
+    serving (unless the application chose its own threshold; returns whether it changed).
+
+    Requests allocate small objects that reference counting frees; what a collection finds
+    is mostly the objects of requests still in flight, scanned again at every collection
+    (and promoted, to be scanned by the older generations too). At 700 that was 6% of the
+    instructions per proxied HTTP/2 request (whose h2 state allocates many tracked
+    objects; callgrind, 245k -> 231k); HTTP/1.1 requests allocate few and gain nothing
+    measurable. Garbage in reference cycles waits a little longer."""
+    young, *older = gc.get_threshold()
+    if young != GC_DEFAULT_THRESHOLD:
+        return False
+    gc.set_threshold(GC_SERVING_THRESHOLD, *older)
     return True
 
 
@@ -90,6 +112,7 @@ class Server:
             result = callback()
             if result is not None:
                 await result
+        relax_gc()
         try:
             await self._stop.wait()
         finally:
