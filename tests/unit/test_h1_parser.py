@@ -899,3 +899,31 @@ def test_codec_imports_no_io() -> None:
 
 def test_end_of_message_is_a_singleton_value() -> None:
     assert EndOfMessage() == END_OF_MESSAGE
+
+
+def test_hosts_and_reasons_that_passed_are_remembered_and_bad_ones_still_refused() -> None:
+    """The parsers remember valid Host values and reason phrases (a bounded set); past the
+    bound, and for values never seen, the check still runs."""
+    for i in range(300):  # more distinct names than are remembered
+        (head, *_) = request(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i)
+        assert head.get(b"host") == b"h%d.example" % i
+        parser = ResponseParser()
+        parser.expect(b"GET")
+        (response, *_) = parser.feed(b"HTTP/1.1 200 Fine %d\r\nContent-Length: 0\r\n\r\n" % i)
+        assert response.reason == b"Fine %d" % i
+    for host in (b"a b", b"h1.example/", b"h299.example@"):
+        assert refused(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n").reason == "invalid Host"
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    with pytest.raises(H1Error, match="reason phrase"):
+        parser.feed(b"HTTP/1.1 200 Fine 1\x01\r\n\r\n")
+
+
+def test_a_connection_header_of_one_token_decides_keep_alive_in_responses() -> None:
+    for value, keep in ((b"keep-alive", True), (b"Keep-Alive", True), (b"close", False), (b"CLOSE", False),
+                        (b"keep-alive, close", False), (b"upgrade, keep-alive", True)):
+        for version in (b"1.0", b"1.1"):
+            parser = ResponseParser()
+            parser.expect(b"GET")
+            (head, *_) = parser.feed(b"HTTP/" + version + b" 200 OK\r\nConnection: " + value + b"\r\nContent-Length: 0\r\n\r\n")
+            assert head.keep_alive is keep, (version, value)

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..net.detach import detach
 from ..net.reactor import reactor_for
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIRST_REQUEST_GRACE = 1.0  # seconds a new connection has for its first request once draining
+FIRST_REQUEST_GRACE: Final = 1.0  # seconds a new connection has for its first request once draining
 
 
 class DownstreamH1(asyncio.Protocol):

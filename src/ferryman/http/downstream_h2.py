@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from h2.events import (
     ConnectionTerminated,
@@ -43,10 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FILE_CHUNK = 64 * 1024
+FILE_CHUNK: Final = 64 * 1024
 
 
-EARLY_RESET_ALLOWANCE = 100  # streams a client may reset before their response, see count_early_reset
+EARLY_RESET_ALLOWANCE: Final = 100  # streams a client may reset before their response, see count_early_reset
 
 
 class H2Exchange(Exchange):

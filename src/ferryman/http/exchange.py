@@ -20,7 +20,7 @@ import logging
 import re
 import socket
 import ssl
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -36,18 +36,18 @@ from .upstream_h1 import UpstreamH1
 
 log = logging.getLogger(__name__)
 
-BODY_BUFFER_LIMIT = 64 * 1024  # bytes held while the other side is not ready, then pause reading
-TUNNEL_FLUSH_TIMEOUT = 10.0  # seconds for pending bytes to leave before a tunnel moves to splice
-INF = float("inf")
+BODY_BUFFER_LIMIT: Final = 64 * 1024  # bytes held while the other side is not ready, then pause reading
+TUNNEL_FLUSH_TIMEOUT: Final = 10.0  # seconds for pending bytes to leave before a tunnel moves to splice
+INF: Final = float("inf")
 # request trailer fields never forwarded (see Exchange.on_request_trailers)
-TRAILER_DENY = HOP_BY_HOP | frozenset((
+TRAILER_DENY: Final = HOP_BY_HOP | frozenset((
     b"content-length", b"content-type", b"content-encoding", b"content-range", b"host", b"authorization",
     b"proxy-authorization", b"cookie", b"forwarded", b"x-real-ip", b"expect", b"max-forwards", b"range",
     b"cache-control", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
 ))
-_CLIENT_GONE = (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET)
-_CHUNKED = (b"transfer-encoding", b"chunked")
-_CONN_CLOSE = (b"connection", b"close")
+_CLIENT_GONE: Final = (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET)
+_CHUNKED: Final = (b"transfer-encoding", b"chunked")
+_CONN_CLOSE: Final = (b"connection", b"close")
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # H2Exchange (downstream_h2) stays Python
@@ -905,8 +905,8 @@ def add_forwarded(headers: list[tuple[bytes, bytes]], s: Session, style: str) ->
         headers.append((b"forwarded", b", ".join(prior + [element])))
 
 
-_FORWARDED_NAMES = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
-_FORWARDED_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(:[0-9]+)?")
+_FORWARDED_NAMES: Final = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+_FORWARDED_TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(:[0-9]+)?")
 
 
 def _proxy_header(version: int, s: Session) -> bytes:

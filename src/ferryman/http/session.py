@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ..errors import ProxyError
 from ..protocol.h1.events import RequestHead
 from ..protocol.h1.serializer import response_head
 from ..upstream.retry import IDEMPOTENT
 
-INF = float("inf")
+INF: Final = float("inf")
 
 
 class Digest:

@@ -10,8 +10,8 @@ values without surrounding whitespace.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 __all__ = [
     "BodyKind",
@@ -41,17 +41,25 @@ class BodyKind(enum.Enum):
     UNTIL_CLOSE = 3  # response read until the connection closes
 
 
-@dataclass(slots=True)
+# The classes below get their __init__ written out (init=False): compiled, dataclasses'
+# generated __init__ would stay interpreted code, run for every head and body piece.
+
+
+@dataclass(slots=True, init=False)
 class BodyFraming:
     """The framing of one message body: ``kind`` plus ``length`` for LENGTH."""
 
     kind: BodyKind
-    length: int | None = None
+    length: int | None
+
+    def __init__(self, kind: BodyKind, length: int | None = None) -> None:
+        self.kind = kind
+        self.length = length
 
 
-NO_BODY = BodyFraming(BodyKind.NONE)
-CHUNKED_BODY = BodyFraming(BodyKind.CHUNKED)
-UNTIL_CLOSE_BODY = BodyFraming(BodyKind.UNTIL_CLOSE)
+NO_BODY: Final = BodyFraming(BodyKind.NONE)
+CHUNKED_BODY: Final = BodyFraming(BodyKind.CHUNKED)
+UNTIL_CLOSE_BODY: Final = BodyFraming(BodyKind.UNTIL_CLOSE)
 
 
 def _get(headers: Headers, name: bytes) -> bytes | None:
@@ -61,7 +69,7 @@ def _get(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestHead:
     """A parsed request line and header section.
 
@@ -76,17 +84,28 @@ class RequestHead:
     target: bytes
     version: bytes
     headers: Headers
-    keep_alive: bool = True
-    upgrade: bytes | None = None
-    expect_continue: bool = False
-    body: BodyFraming = field(default_factory=lambda: NO_BODY)
+    keep_alive: bool
+    upgrade: bytes | None
+    expect_continue: bool
+    body: BodyFraming
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers, keep_alive: bool = True,
+                 upgrade: bytes | None = None, expect_continue: bool = False, body: BodyFraming = NO_BODY) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        self.body = body
 
     def get(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lowercase), or None."""
         return _get(self.headers, name)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ResponseHead:
     """A parsed status line and header section; 1xx heads other than 101 are interim."""
 
@@ -94,8 +113,17 @@ class ResponseHead:
     reason: bytes
     version: bytes
     headers: Headers
-    keep_alive: bool = True
-    body: BodyFraming = field(default_factory=lambda: NO_BODY)
+    keep_alive: bool
+    body: BodyFraming
+
+    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers, keep_alive: bool = True,
+                 body: BodyFraming = NO_BODY) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = body
 
     def get(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lowercase), or None."""
@@ -107,18 +135,24 @@ class ResponseHead:
         return self.status < 200 and self.status != 101
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Data:
     """A piece of body (or, once switched, tunnel) bytes; may be a memoryview slice."""
 
     data: bytes | memoryview
 
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Trailers:
     """Trailer fields of a chunked body, in the same shape as head headers."""
 
     headers: Headers
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
 
 
 @dataclass(slots=True)
@@ -126,7 +160,7 @@ class EndOfMessage:
     """The current message is complete."""
 
 
-END_OF_MESSAGE = EndOfMessage()
+END_OF_MESSAGE: Final = EndOfMessage()
 
 
 class H1Error(Exception):

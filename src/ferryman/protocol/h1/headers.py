@@ -5,6 +5,8 @@ Names given to these helpers must be lowercase (as the parsers produce them).
 
 from __future__ import annotations
 
+from typing import Final
+
 from .events import Headers
 
 __all__ = [
@@ -21,7 +23,7 @@ __all__ = [
     "remove_header",
 ]
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
         b"keep-alive",
@@ -34,7 +36,7 @@ HOP_BY_HOP = frozenset(
 )
 # Never removed because Connection names them: dropping them would change framing or
 # routing of the forwarded message (``Connection: content-length`` smuggling).
-PROTECTED = frozenset((b"host", b"content-length"))
+PROTECTED: Final = frozenset((b"host", b"content-length"))
 
 
 def tokens(value: bytes) -> list[bytes]:
@@ -71,7 +73,7 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
 
 
 # Connection values naming only hop-by-hop options already dropped
-_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"))
+_PLAIN_CONNECTION: Final = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"))
 
 
 def get_header(headers: Headers, name: bytes) -> bytes | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from httptools import HttpRequestParser, HttpResponseParser
 from httptools.parser.errors import HttpParserError, HttpParserUpgrade
@@ -48,27 +49,27 @@ __all__ = ["RequestParser", "ResponseParser", "Event"]
 Event = RequestHead | ResponseHead | Data | Trailers | EndOfMessage
 
 # Parser states.
-_HEAD = 0
-_LENGTH = 1
-_CHUNK_SIZE = 2
-_CHUNK_DATA = 3
-_CHUNK_CRLF = 4
-_TRAILERS = 5
-_UNTIL_CLOSE = 6
-_SWITCHED = 7
-_PAUSED = 8
-_CLOSED = 9
-_ERROR = 10
+_HEAD: Final = 0
+_LENGTH: Final = 1
+_CHUNK_SIZE: Final = 2
+_CHUNK_DATA: Final = 3
+_CHUNK_CRLF: Final = 4
+_TRAILERS: Final = 5
+_UNTIL_CLOSE: Final = 6
+_SWITCHED: Final = 7
+_PAUSED: Final = 8
+_CLOSED: Final = 9
+_ERROR: Final = 10
 
-_MAX_CHUNK_LINE = 4096  # chunk-size line including extensions
-_SMALL = 2048  # body slices below this are copied; larger ones are memoryviews
-_LENGTH_KIND = BodyKind.LENGTH
-_NONE_KIND = BodyKind.NONE
-_CHUNKED_KIND = BodyKind.CHUNKED
-_SPECIAL_REQUEST = frozenset(
+_MAX_CHUNK_LINE: Final = 4096  # chunk-size line including extensions
+_SMALL: Final = 2048  # body slices below this are copied; larger ones are memoryviews
+_LENGTH_KIND: Final = BodyKind.LENGTH
+_NONE_KIND: Final = BodyKind.NONE
+_CHUNKED_KIND: Final = BodyKind.CHUNKED
+_SPECIAL_REQUEST: Final = frozenset(
     (b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect")
 )
-_SPECIAL_RESPONSE = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_SPECIAL_RESPONSE: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
 def _slice(data: bytes, start: int, end: int) -> bytes | memoryview:
@@ -77,6 +78,24 @@ def _slice(data: bytes, start: int, end: int) -> bytes | memoryview:
     if end - start < _SMALL:
         return data[start:end]
     return memoryview(data)[start:end]
+
+
+_SEEN_LIMIT: Final = 256
+_GOOD_HOSTS: Final[set[bytes]] = set()
+_GOOD_REASONS: Final[set[bytes]] = set()
+
+
+def _allowed(value: bytes, chars: bytes, seen: set[bytes]) -> bool:
+    """Whether every byte of ``value`` is one of ``chars``. Values that passed are remembered
+    (up to ``_SEEN_LIMIT``): the same Host or reason phrase comes with request after
+    request, and ``translate`` builds a 256-byte table for every check."""
+    if value in seen:
+        return True
+    if value.translate(None, chars):
+        return False
+    if len(seen) < _SEEN_LIMIT:
+        seen.add(value)
+    return True
 
 
 def _connection_tokens(value: bytes) -> list[bytes]:
@@ -633,7 +652,7 @@ class RequestParser(_Parser):
                 raise H1Error(400, "duplicate Host")
             if version == b"1.1":
                 raise H1Error(400, "missing Host")
-        elif not host or host.translate(None, HOST_CHARS):
+        elif not host or not _allowed(host, HOST_CHARS, _GOOD_HOSTS):
             raise H1Error(400, "invalid Host")
         if target[:1] == b"/":
             if method == b"CONNECT":
@@ -762,7 +781,7 @@ class ResponseParser(_Parser):
         if status < 100:
             raise H1Error(502, "invalid status code")
         reason = line[13:]
-        if reason and reason.translate(None, REASON_CHARS):
+        if reason and not _allowed(reason, REASON_CHARS, _GOOD_REASONS):
             raise H1Error(502, "invalid character in reason phrase")
         lengths: list[bytes] | None = None
         codings: list[bytes] | None = None
@@ -777,11 +796,17 @@ class ResponseParser(_Parser):
                 else:
                     codings = [value] if codings is None else [*codings, value]
         if connection is not None:
-            tokens = _connection_tokens(connection)
-            if b"close" in tokens:
-                keep_alive = False
-            elif b"keep-alive" in tokens:
+            low = connection.lower()
+            if low == b"keep-alive":
                 keep_alive = True
+            elif low == b"close":
+                keep_alive = False
+            else:
+                tokens = _connection_tokens(connection)
+                if b"close" in tokens:
+                    keep_alive = False
+                elif b"keep-alive" in tokens:
+                    keep_alive = True
         method = self._expecting[0]
         self._switching = False
         if status < 200:

@@ -9,6 +9,7 @@ problem precisely; syntax llhttp accepts but we refuse is checked in the parser 
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .events import CHUNKED_BODY, BodyFraming, BodyKind, H1Error, Headers
 
@@ -29,21 +30,21 @@ __all__ = [
 _ALPHA = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _DIGIT = b"0123456789"
 # Allowed-byte sets for ``bytes.translate(None, SET)``: an empty result means valid.
-TCHAR = _ALPHA + _DIGIT + b"!#$%&'*+-.^_`|~"
-VALUE_CHARS = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-HOST_CHARS = _ALPHA + _DIGIT + b"-._~!$&'()*+,;=:[]%"
-HEX_DIGITS = _DIGIT + b"abcdefABCDEF"
-REASON_CHARS = VALUE_CHARS
+TCHAR: Final = _ALPHA + _DIGIT + b"!#$%&'*+-.^_`|~"
+VALUE_CHARS: Final = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+HOST_CHARS: Final = _ALPHA + _DIGIT + b"-._~!$&'()*+,;=:[]%"
+HEX_DIGITS: Final = _DIGIT + b"abcdefABCDEF"
+REASON_CHARS: Final = VALUE_CHARS
 
-MAX_CONTENT_LENGTH = (1 << 63) - 1
-MAX_CHUNK_SIZE_HEX = 16  # significant hex digits: sizes must fit in 64 bits
+MAX_CONTENT_LENGTH: Final = (1 << 63) - 1
+MAX_CHUNK_SIZE_HEX: Final = 16  # significant hex digits: sizes must fit in 64 bits
 
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_CHUNK_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)+")
-_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_CHUNK_EXT: Final = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)+")
+_VERSION: Final = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # Header fields whose presence in trailers would change framing or routing.
-_FORBIDDEN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host"))
+_FORBIDDEN_TRAILERS: Final = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 
 def is_token(value: bytes) -> bool:

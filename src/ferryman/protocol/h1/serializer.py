@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Final
 
 __all__ = [
     "REASONS",
@@ -22,23 +23,26 @@ __all__ = [
     "date_header",
 ]
 
-REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 REASONS.setdefault(425, b"Too Early")
-_LINES = {
+_LINES: Final = {
     version: {
         code: b"HTTP/%s %d %s\r\n" % (version, code, phrase) for code, phrase in REASONS.items()
     }
     for version in (b"1.1", b"1.0")
 }
-_LINES_11 = _LINES[b"1.1"]
-_EMPTY_CHUNK_END = b"0\r\n\r\n"
+_LINES_11: Final = _LINES[b"1.1"]
+_EMPTY_CHUNK_END: Final = b"0\r\n\r\n"
 
 
 def _join(first: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     pieces = [first]
     lines = 2
     for name, value in headers:
-        pieces += (name, b": ", value, b"\r\n")
+        pieces.append(name)
+        pieces.append(b": ")
+        pieces.append(value)
+        pieces.append(b"\r\n")
         lines += 1
     pieces.append(b"\r\n")
     out = b"".join(pieces)
