@@ -21,6 +21,7 @@ COMPILED = [
     "src/ferryman/protocol/h1/parser.py",
     "src/ferryman/protocol/h1/rules.py",
     "src/ferryman/protocol/h1/serializer.py",
+    "src/ferryman/http/plan.py",
     "src/ferryman/http/session.py",
     "src/ferryman/http/exchange.py",
     "src/ferryman/http/downstream_h1.py",

@@ -212,7 +212,7 @@ class DownstreamH1(asyncio.Protocol):
             self.keep_alive = False  # the last request of this connection: Connection: close
         session = Session(head, self.peer, self.local, self, tls=self.service.tls is not None)
         service = self.service
-        if service.has["new_ctx"]:
+        if service.plan.new_ctx:
             session.ctx = service.app.new_ctx()
         exchange = self.exchange = Exchange(self, session)
         service.exchanges.add(exchange)

@@ -34,7 +34,7 @@ from ..net.sweep import INF
 from ..protocol.h1.events import BodyKind, ResponseHead
 from ..protocol.h1.headers import strip_hop_by_hop
 from ..protocol.h2 import Credit, ErrorCodes, H2ConnectionError, H2Endpoint, Malformed, RequestHeads, response_block, trailer_block
-from .exchange import Exchange, _drop
+from .exchange import Exchange, _drop, size_of
 from .h2_send import send_queued
 from .session import Session
 
@@ -262,9 +262,9 @@ class H2Stream:
 
     def send_pending(self) -> None:
         """Window opened (or the connection's transport drained): send what waits."""
-        waiting = sum(map(len, self.out))
+        waiting = size_of(self.out)
         if not send_queued(self.conn, self.stream_id, self.out):
-            if sum(map(len, self.out)) < waiting:
+            if size_of(self.out) < waiting:
                 self.stalled_at = self.loop.time()  # progress: the send timeout starts again
             return
         if self.end_after is not None and not self.local_ended:
@@ -580,7 +580,7 @@ class DownstreamH2(asyncio.Protocol):
         self.requests += 1
         session = Session(head, self.peer, self.local, stream, tls=service.tls is not None)
         session.max_body = service.parser_limits["max_body"]  # HTTP/1.1 has it checked by its parser
-        if service.has["new_ctx"]:
+        if service.plan.new_ctx:
             session.ctx = service.app.new_ctx()
         exchange = stream.exchange = H2Exchange(stream, session)  # type: ignore[arg-type]
         service.exchanges.add(exchange)

@@ -20,6 +20,7 @@ import logging
 import re
 import socket
 import ssl
+from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
@@ -31,6 +32,7 @@ from ..protocol import proxy_protocol
 from ..protocol.h1.events import BodyKind, H1Error, ResponseHead
 from ..protocol.h1.headers import HOP_BY_HOP, strip_hop_by_hop
 from ..protocol.h1.serializer import chunk, last_chunk, request_head, response_head
+from .plan import ServicePlan
 from .session import Session
 from .upstream_h1 import UpstreamH1
 
@@ -62,6 +64,7 @@ class Exchange:
         self.downstream = downstream
         self.service = downstream.service
         self.app = self.service.app
+        self.plan: ServicePlan = self.service.plan
         self.session = session
         self.loop = downstream.loop
         self.upstream: Any = None  # an UpstreamH1, or an HTTP/2 stream (upstream_h2.UpstreamH2Stream)
@@ -74,7 +77,7 @@ class Exchange:
         # request body (downstream → upstream)
         kind = session.request.body.kind
         self.request_done = kind is BodyKind.NONE
-        self.filter_request_body = self.service.has["request_body_filter"] and not self.request_done
+        self.filter_request_body = self.plan.request_body_filter and not self.request_done
         self.body_chunked = kind is BodyKind.CHUNKED or self.filter_request_body  # an HTTP/1.1 upstream gets it chunked
         self.request_chunked = self.body_chunked  # this attempt frames the body in chunks (not to an h2 upstream)
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
@@ -117,10 +120,10 @@ class Exchange:
             self._cancel_timer()
             s.digest.end = self.loop.time()
             self._release_upstream(error is None)
-        if svc.has["logging"]:
+        if self.plan.logging:
             try:
                 result = app.logging(s, error)
-                if svc.awaits["logging"]:
+                if self.plan.await_logging:
                     await result
             except Exception:
                 log.exception("%s: logging hook failed", svc.name)
@@ -132,19 +135,19 @@ class Exchange:
                 self.head_future.exception()  # the same error, raised here: nobody will await it
             raise ProxyError(ErrorKind.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, context="client closed the connection")
         connect = s.request.method == b"CONNECT"
-        if connect and not svc.allow_connect:
+        if connect and not self.plan.allow_connect:
             self.downstream.keep_alive = False
             s.respond_error(405, "CONNECT is not enabled on this listener")
             return
-        if svc.has["early_request_filter"]:
+        if self.plan.early_request_filter:
             result = app.early_request_filter(s)
-            if svc.awaits["early_request_filter"]:
+            if self.plan.await_early_request_filter:
                 await result
-        if svc.has["request_filter"] and (await app.request_filter(s) if svc.awaits["request_filter"] else app.request_filter(s)):
+        if self.plan.request_filter and (await app.request_filter(s) if self.plan.await_request_filter else app.request_filter(s)):
             if self.downstream.pending_file is not None:
                 await self.downstream.flush_file(s)
             return
-        if svc.has["proxy_upstream_filter"] and not (await app.proxy_upstream_filter(s) if svc.awaits["proxy_upstream_filter"] else app.proxy_upstream_filter(s)):
+        if self.plan.proxy_upstream_filter and not (await app.proxy_upstream_filter(s) if self.plan.await_proxy_upstream_filter else app.proxy_upstream_filter(s)):
             raise ProxyError(ErrorKind.ACCESS_DENIED, ErrorSource.INTERNAL, context="proxy_upstream_filter refused the request")
         if connect:
             await self._connect_tunnel()
@@ -156,7 +159,7 @@ class Exchange:
     async def _send_with_retries(self) -> ResponseHead:
         app, s = self.app, self.session
         tries = max(1, app.max_tries)
-        awaited = self.service.awaits["upstream_peer"]
+        awaited = self.plan.await_upstream_peer
         while True:
             peer: Any = await app.upstream_peer(s) if awaited else app.upstream_peer(s)  # type: ignore[misc]
             s.peer = peer
@@ -170,7 +173,7 @@ class Exchange:
                 return head
             except ProxyError as exc:
                 if self.upstream is not None:
-                    if self.service.has["error_while_proxy"] or exc.kind in (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET):
+                    if self.plan.error_while_proxy or exc.kind in (ErrorKind.CONNECTION_CLOSED, ErrorKind.CONNECTION_RESET):
                         exc = app.error_while_proxy(s, peer, exc, self.reused)
                     self._abort_upstream()
                 s.tries += 1
@@ -243,7 +246,7 @@ class Exchange:
         try:
             return await self.service.connector.connect(peer)
         except ProxyError as exc:
-            if self.service.has["fail_to_connect"]:
+            if self.plan.fail_to_connect:
                 exc = self.app.fail_to_connect(self.session, peer, exc)
             raise
 
@@ -252,9 +255,9 @@ class Exchange:
         s.digest.upstream_connect = self.loop.time()
         s.digest.reused = self.reused
         s.digest.upstream_addr = peer.name
-        if self.service.has["connected_to_upstream"]:
+        if self.plan.connected_to_upstream:
             result = self.app.connected_to_upstream(s, peer, self.reused)
-            if self.service.awaits["connected_to_upstream"]:
+            if self.plan.await_connected_to_upstream:
                 await result
 
     # CONNECT (forward proxy) -------------------------------------------------------------------
@@ -263,7 +266,7 @@ class Exchange:
         request), answer 200, then tunnel."""
         app, s = self.app, self.session
         while True:
-            peer = await app.upstream_peer(s) if self.service.awaits["upstream_peer"] else app.upstream_peer(s)
+            peer = await app.upstream_peer(s) if self.plan.await_upstream_peer else app.upstream_peer(s)
             s.peer = peer
             try:
                 sock = await self._connect(peer)
@@ -287,9 +290,9 @@ class Exchange:
         s, svc, upstream = self.session, self.service, self.upstream
         assert upstream is not None
         headers = self._upstream_headers()
-        if svc.has["upstream_request_filter"]:
+        if self.plan.upstream_request_filter:
             result = self.app.upstream_request_filter(s, headers)
-            if svc.awaits["upstream_request_filter"]:
+            if self.plan.await_upstream_request_filter:
                 await result
         upstream.begin(self, s.upstream_method)
         if upstream.h2:
@@ -320,8 +323,8 @@ class Exchange:
             self.request_chunked = self.body_chunked
         if self.request_chunked:
             headers.append(_CHUNKED)
-        if self.service.forwarded:
-            add_forwarded(headers, s, self.service.forwarded)
+        if self.plan.forwarded:
+            add_forwarded(headers, s, self.plan.forwarded)
         return headers
 
     # request body ----------------------------------------------------------------------------
@@ -475,11 +478,11 @@ class Exchange:
         headers = strip_hop_by_hop(head.headers)
         s.response_status = head.status
         s.response_headers = headers
-        if svc.has["upstream_response_filter"]:
+        if self.plan.upstream_response_filter:
             app.upstream_response_filter(s, headers)
-        if svc.has["response_filter"]:
+        if self.plan.response_filter:
             result = app.response_filter(s, headers)
-            if svc.awaits["response_filter"]:
+            if self.plan.await_response_filter:
                 await result
         self.body_filters = s.filter_body
         if head.status == 101:
@@ -507,7 +510,7 @@ class Exchange:
         self.resp_streaming = True
         if self.resp_mode == "raw" and self.resp_buffer:  # one write for head and body received so far
             body = self.resp_buffer
-            s.bytes_sent += sum(map(len, body))
+            s.bytes_sent += size_of(body)
             self.downstream.writelines([head_bytes, *body])
         else:
             self.downstream.write(head_bytes)
@@ -539,7 +542,7 @@ class Exchange:
             self._write_response_chunk(data)
             return
         self.resp_buffer.append(data)
-        if sum(map(len, self.resp_buffer)) > BODY_BUFFER_LIMIT and self.upstream and self.upstream.transport:
+        if size_of(self.resp_buffer) > BODY_BUFFER_LIMIT and self.upstream and self.upstream.transport:
             self.upstream.transport.pause_reading()
 
     def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
@@ -557,12 +560,12 @@ class Exchange:
             self.downstream.write(data)
 
     def _filter_body(self, piece: bytes | memoryview, end: bool) -> bytes:
-        app, s, has = self.app, self.session, self.service.has
+        app, s, plan = self.app, self.session, self.plan
         data = piece if type(piece) is bytes else bytes(piece)  # a hook gets bytes (large pieces arrive as memoryview slices)
         try:
-            if has["upstream_response_body_filter"]:
+            if plan.upstream_response_body_filter:
                 data = app.upstream_response_body_filter(s, data, end)
-            if has["response_body_filter"]:
+            if plan.response_body_filter:
                 data = app.response_body_filter(s, data, end)
         except Exception as exc:
             self._hook_failed("response_body_filter", exc)
@@ -592,7 +595,7 @@ class Exchange:
     def _end_filters(self) -> bool:
         """The response ended: the trailer filter, then the body filters' last bytes (sent
         with :meth:`_send_tail`). False when a hook failed (the response is abandoned)."""
-        if self.resp_trailers and self.service.has["response_trailer_filter"]:
+        if self.resp_trailers and self.plan.response_trailer_filter:
             try:
                 self.app.response_trailer_filter(self.session, self.resp_trailers)
             except Exception as exc:
@@ -831,8 +834,8 @@ class Exchange:
             self.downstream.abort()  # a truncated response must not look complete
             return
         if status is None:
-            if svc.has["fail_to_proxy"]:
-                status = await self.app.fail_to_proxy(s, error) if svc.awaits["fail_to_proxy"] else self.app.fail_to_proxy(s, error)  # type: ignore[misc,assignment]
+            if self.plan.fail_to_proxy:
+                status = await self.app.fail_to_proxy(s, error) if self.plan.await_fail_to_proxy else self.app.fail_to_proxy(s, error)  # type: ignore[misc,assignment]
             else:
                 status = _default_status(error)
         if status:
@@ -855,10 +858,19 @@ class Exchange:
         if ok and not self.tunnel and self.resp_ended and self.request_done and upstream.is_reusable():
             if upstream.transport is not None:
                 upstream.transport.resume_reading()
-            if self.service.pool.put(upstream):
-                upstream.pool = self.service.pool
+            pool = self.service.pool
+            if pool.put(upstream):
+                upstream.pool = pool
             return
         upstream.close()
+
+
+def size_of(pieces: Iterable[bytes | memoryview]) -> int:
+    """Bytes in ``pieces`` (compiled, ``sum(map(len, ...))`` looks up three builtins by name)."""
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+    return total
 
 
 def _default_status(error: ProxyError) -> int:

@@ -21,6 +21,7 @@ from ..net.tls import CertStore
 from ..protocol import proxy_protocol
 from ..upstream.pool import ConnectionPool
 from .hooks import ProxyHttp, overrides
+from .plan import ServicePlan
 from .upstream_h2 import H2Pool
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class HttpProxyService:
         self.sock = sock
         self.app = app
         self.connector = connector or Connector()
-        self._pool = pool
+        self.pool = pool  # upstream HTTP/1.1 connections kept alive (start() makes it when not given)
         self.pool_size, self.pool_idle_timeout = pool_size, pool_idle_timeout
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -133,18 +134,13 @@ class HttpProxyService:
         # these hooks may be plain functions (no coroutine per call) or coroutines (awaited)
         self.awaits = {hook: inspect.iscoroutinefunction(getattr(app, hook)) for hook in (*HOOKS, "upstream_peer")}
         self.has_response_body_filters = self.has["upstream_response_body_filter"] or self.has["response_body_filter"]
+        self.plan = ServicePlan(self.has, self.awaits, forwarded=self.forwarded, allow_connect=allow_connect)
         self.connections: set = set()
         self.exchanges: set = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
         self._sweep: DeadlineSweep | None = None
         self.read_timeout_floor = min((t for t in (header_timeout, body_timeout, send_timeout, keepalive_timeout, upstream_read_timeout, pool_idle_timeout) if t), default=60.0)
-
-    @property
-    def pool(self) -> ConnectionPool:
-        if self._pool is None:
-            self._pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
-        return self._pool
 
     @property
     def h2_pool(self) -> H2Pool:
@@ -156,14 +152,14 @@ class HttpProxyService:
     @property
     def pool_idle(self) -> int:
         """Idle upstream connections in the pool (0 before the first one)."""
-        return self._pool.idle_count if self._pool is not None else 0
+        return self.pool.idle_count if self.pool is not None else 0
 
     def _on_tick(self, now: float) -> None:
         """Each sweep: upstream read timeouts, and idle pooled connections past their time."""
         for exchange in [e for e in self.exchanges if e.read_timeout is not None]:
             exchange.check_read_timeout(now)
-        if self._pool is not None:
-            self._pool.expire(now)
+        if self.pool is not None:
+            self.pool.expire(now)
         if self._h2_pool is not None:
             self._h2_pool.expire(now)
 
@@ -184,6 +180,8 @@ class HttpProxyService:
         from .downstream_h1 import DownstreamH1
 
         self.loop = asyncio.get_running_loop()
+        if self.pool is None:
+            self.pool = ConnectionPool(self.loop, max_idle_per_key=self.pool_size, idle_timeout=self.pool_idle_timeout)
         self._sweep = DeadlineSweep(self.loop, self.connections, tick_for((self.read_timeout_floor,)), self._on_tick)
         self._sweep.start()
         if self.channel is not None:
@@ -257,8 +255,8 @@ class HttpProxyService:
             conn.abort()
         if self._sweep is not None:
             self._sweep.stop()
-        if self._pool is not None:
-            self._pool.close()
+        if self.pool is not None:
+            self.pool.close()
         if self._h2_pool is not None:
             self._h2_pool.close()
         if self._pipes is not None:
