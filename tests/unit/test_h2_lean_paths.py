@@ -115,6 +115,19 @@ def test_a_request_block_sent_again_on_a_finished_stream_is_a_connection_error()
     assert err.value.code == ErrorCodes.STREAM_CLOSED
 
 
+def test_closed_streams_are_remembered_up_to_h2s_limit_oldest_first() -> None:
+    server, client, s_events, c_events = connected()
+    server.conn._closed_streams._size_limit = 3
+    ids = []
+    for _ in range(5):
+        ids.append(client.get_next_available_stream_id())
+        client.send_headers(ids[-1], GET, end_stream=True)
+        shuttle(server, client, s_events, c_events)
+        assert server.send_response(ids[-1], RESPONSE, BODY)
+        shuttle(server, client, s_events, c_events)
+    assert list(server.conn._closed_streams) == ids[-3:]
+
+
 def test_a_whole_response_goes_out_in_two_frames_and_its_stream_is_closed() -> None:
     server, client, s_events, c_events = connected()
     ids = []

@@ -20,6 +20,7 @@ of every request take lean paths.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from struct import Struct
 from typing import ClassVar
 
@@ -113,6 +114,10 @@ class _Received:
         self.flags = flags
         self.data = data
         self.flow_controlled_length = len(data)
+
+
+_ordered_set = OrderedDict.__setitem__
+_SEND_END_STREAM = StreamClosedBy.SEND_END_STREAM
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
@@ -521,7 +526,10 @@ class Connection(H2Connection):
         # closed: out of the stream table now, as h2 moves closed streams when it counts the
         # open ones (which it would otherwise do by walking a table full of closed streams)
         del self.streams[stream_id]
-        self._closed_streams[stream_id] = StreamClosedBy.SEND_END_STREAM
+        closed = self._closed_streams  # h2's SizeLimitDict, filled as its __setitem__ would (two Python calls less)
+        _ordered_set(closed, stream_id, _SEND_END_STREAM)
+        if closed._size_limit is not None and len(closed) > closed._size_limit:
+            closed.popitem(last=False)
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
         out = self._data_to_send
