@@ -13,8 +13,9 @@ from setuptools import setup
 
 # The modules every HTTP/1.1 request runs through: codec, exchange, connections, pool, and
 # the gateway's backend choice and request metrics; and the HTTP/2 client connection, whose
-# per-stream exchange is then a native subclass of the compiled Exchange (protocol/h2 stays
-# interpreted: it mostly calls into the h2 library, and compiled it was slower).
+# per-stream exchange is then a native subclass of the compiled Exchange, with its streams'
+# flow-control credit (the rest of protocol/h2 stays interpreted: it mostly calls into the
+# h2 library, and compiled it was slower).
 COMPILED = [
     "src/ferryman/protocol/h1/events.py",
     "src/ferryman/protocol/h1/headers.py",
@@ -27,6 +28,7 @@ COMPILED = [
     "src/ferryman/http/downstream_h1.py",
     "src/ferryman/http/upstream_h1.py",
     "src/ferryman/http/downstream_h2.py",
+    "src/ferryman/protocol/h2/credit.py",
     "src/ferryman/upstream/pool.py",
     "src/ferryman/upstream/balancer.py",
     "src/ferryman/upstream/selection/round_robin.py",

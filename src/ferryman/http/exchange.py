@@ -294,11 +294,12 @@ class Exchange:
             result = self.app.upstream_request_filter(s, headers)
             if self.plan.await_upstream_request_filter:
                 await result
-        upstream.begin(self, s.upstream_method)
-        if upstream.h2:
-            upstream.send_head(s.upstream_method, s.upstream_target, headers, self.request_done and not self.req_buffer)
-        else:
+        if isinstance(upstream, UpstreamH1):  # (narrowed: compiled, its fields are read directly)
+            upstream.begin(self, s.upstream_method)
             upstream.write(request_head(s.upstream_method, s.upstream_target, headers))
+        else:  # an HTTP/2 stream
+            upstream.begin(self, s.upstream_method)
+            upstream.send_head(s.upstream_method, s.upstream_target, headers, self.request_done and not self.req_buffer)
         self._flush_request_body()
         self._arm_read_timer()
         head = await self.head_future
@@ -314,7 +315,7 @@ class Exchange:
             headers.append((b"upgrade", request.upgrade))
         if self.filter_request_body:
             _drop(headers, b"content-length")
-        if self.upstream.h2:  # type: ignore[union-attr]
+        if not isinstance(self.upstream, UpstreamH1):  # an HTTP/2 stream
             self.request_chunked = False  # DATA frames carry the body
             te = request.get(b"te")
             if te is not None and b"trailers" in te.lower():
@@ -573,12 +574,15 @@ class Exchange:
         return data
 
     def on_upstream_end(self) -> None:
-        if self.upstream is not None and self.upstream.parser.switched:
-            return  # the end of a 101 head: the connection now carries the tunnel
+        upstream = self.upstream
+        if isinstance(upstream, UpstreamH1):
+            if upstream.parser.switched:
+                return  # the end of a 101 head: the connection now carries the tunnel
+            upstream.finish()
+        elif upstream is not None:
+            upstream.finish()
         self.last_activity = self.loop.time()
         self.resp_ended = True
-        if self.upstream is not None:
-            self.upstream.finish()
         if self.resp_streaming:
             self._end_response()
         elif not self.head_future.done():  # ended before a final head (e.g. HEAD-less oddity)
@@ -852,7 +856,10 @@ class Exchange:
 
     def _release_upstream(self, ok: bool) -> None:
         upstream, self.upstream = self.upstream, None
-        if upstream is None:
+        if not isinstance(upstream, UpstreamH1):  # an HTTP/2 stream is used once
+            if upstream is not None:
+                upstream.listener = None
+                upstream.close()
             return
         upstream.listener = None
         if ok and not self.tunnel and self.resp_ended and self.request_done and upstream.is_reusable():
