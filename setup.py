@@ -12,7 +12,7 @@ import os
 from setuptools import setup
 
 # The modules every HTTP/1.1 request runs through: codec, exchange, connections, pool, and
-# the gateway's backend choice and request metrics; and the HTTP/2 client connection, whose
+# the gateway's hooks, backend choice and request metrics; and the HTTP/2 client connection, whose
 # per-stream exchange is then a native subclass of the compiled Exchange, with its streams'
 # flow-control credit (the rest of protocol/h2 stays interpreted: it mostly calls into the
 # h2 library, and compiled it was slower).
@@ -34,6 +34,7 @@ COMPILED = [
     "src/ferryman/upstream/selection/round_robin.py",
     "src/ferryman/runtime/upstreams.py",
     "src/ferryman/observability/metrics.py",
+    "src/ferryman/gateway/http.py",
 ]
 
 

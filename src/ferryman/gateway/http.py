@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..acme.challenges import CHALLENGE_PREFIX, Http01Responder, http01_responder
-from ..config.model import Config, HeaderEdits, ListenerConfig, RouteConfig
+from ..config.model import Config, HeaderEdits, ListenerConfig, RouteConfig, UpstreamConfig
 from ..errors import ErrorKind, ErrorSource, ProxyError
 from ..filters.base import Filter, implemented
 from ..filters.registry import lookup
@@ -108,7 +108,7 @@ class GatewayHttp(ProxyHttp):
         self.connect_ports = connect_ports  # forward proxy: CONNECT allowed to these ports
         self.metrics = metrics if metrics is not None else RequestMetrics("", "", "")  # requests no route took (404, CONNECT)
 
-    def request_filter(self, session: Session) -> bool:
+    def request_filter(self, session: Session) -> bool:  # type: ignore[override]
         router = self.router
         if router.acme is not None and session.request.target.startswith(CHALLENGE_PREFIX) and router.acme.respond(session):
             return True
@@ -146,7 +146,7 @@ class GatewayHttp(ProxyHttp):
             return True
         return False
 
-    def upstream_peer(self, session: Session) -> Peer:
+    def upstream_peer(self, session: Session) -> Peer:  # type: ignore[override]
         ctx = session.ctx
         if ctx is None:  # CONNECT through a forward-proxy listener
             return Peer(parse_address(session.target_str), connect_timeout=5.0)
@@ -210,7 +210,7 @@ class GatewayHttp(ProxyHttp):
         if ctx is not None and ctx.backend is not None and ctx.backend.passive is not None:
             ctx.backend.passive.response(ctx.backend, session.response_status)
 
-    def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:  # type: ignore[override]
         ctx = session.ctx
         if ctx is None:
             return
@@ -220,7 +220,7 @@ class GatewayHttp(ProxyHttp):
         for run in route.upstream_request_filters:
             run(session, headers)
 
-    def response_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:  # type: ignore[override]
         session.filter_body = False  # a body filter turns it on for this response if it wants
         ctx = session.ctx
         if ctx is not None:
@@ -232,7 +232,7 @@ class GatewayHttp(ProxyHttp):
             chunk = run(session, chunk, end)
         return chunk
 
-    def logging(self, session: Session, error: ProxyError | None) -> None:
+    def logging(self, session: Session, error: ProxyError | None) -> None:  # type: ignore[override]
         ctx = session.ctx
         if ctx is None:
             self.metrics.observe(session, error)
@@ -250,20 +250,21 @@ class TracedGatewayHttp(GatewayHttp):
     """:class:`GatewayHttp` with a span per request (``[tracing]``). Chosen at build time,
     so without tracing the gateway runs none of this."""
 
-    def __init__(self, router: Router, *, tracer: Tracer, listener: str = "", **options: Any) -> None:
-        super().__init__(router, **options)
+    def __init__(self, router: Router, *, tracer: Tracer, listener: str = "", access_log: AccessLog | None = None,
+                 connect_ports: frozenset[int] | None = None, metrics: RequestMetrics | None = None) -> None:
+        super().__init__(router, access_log=access_log, connect_ports=connect_ports, metrics=metrics)
         self.tracer = tracer
         self.listener = listener
 
-    def request_filter(self, session: Session) -> bool:
+    def request_filter(self, session: Session) -> bool:  # type: ignore[override]
         session.vars["trace"] = self.tracer.start(session)  # str() of it: the trace id ($var_trace)
         return super().request_filter(session)
 
-    def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_request_filter(self, session: Session, headers: list[tuple[bytes, bytes]]) -> None:  # type: ignore[override]
         super().upstream_request_filter(session, headers)
         self.tracer.inject(session.vars["trace"], headers)
 
-    def logging(self, session: Session, error: ProxyError | None) -> None:
+    def logging(self, session: Session, error: ProxyError | None) -> None:  # type: ignore[override]
         super().logging(session, error)
         span = session.vars.get("trace")
         if span is not None:
@@ -382,17 +383,18 @@ def build_http_service(
     access_log: AccessLog | None = None, channel: socket.socket | None = None, tls: CertStore | None = None, metrics: Registry | None = None,
     tracer: Tracer | None = None,
 ) -> HttpProxyService:
-    used = [u.config for u in upstreams.values()] or [None]
+    used: list[UpstreamConfig | None] = [u.config for u in upstreams.values()] or [None]
     # each backend's peer carries its own upstream's pool size and idle timeout; these are
     # the defaults for the rest (CONNECT targets), and the shortest idle timeout sets the sweep
     pool_size = max((c.pool_size for c in used if c is not None), default=128)
     idle = min((c.pool_idle_timeout for c in used if c is not None), default=60.0)
     read_timeout = max((c.read_timeout for c in used if c is not None), default=60.0)
-    options: dict[str, Any] = {
-        "access_log": access_log, "connect_ports": frozenset(cfg.connect_ports) if cfg.forward_proxy else None,
-        "metrics": metrics.request(name, "", "") if metrics is not None else None,
-    }
-    app = GatewayHttp(router, **options) if tracer is None else TracedGatewayHttp(router, tracer=tracer, listener=name, **options)
+    connect_ports = frozenset(cfg.connect_ports) if cfg.forward_proxy else None
+    request_metrics = metrics.request(name, "", "") if metrics is not None else None
+    app = (
+        GatewayHttp(router, access_log=access_log, connect_ports=connect_ports, metrics=request_metrics) if tracer is None
+        else TracedGatewayHttp(router, tracer=tracer, listener=name, access_log=access_log, connect_ports=connect_ports, metrics=request_metrics)
+    )
     if tls is not None and metrics is not None:
         count_tls_handshakes(tls, name, metrics)
     return HttpProxyService(
