@@ -3,7 +3,7 @@
 machine's noise does not move (about 1% between runs), for changes too small for the
 interleaved req/s and CPU-time harnesses to see::
 
-    python benchmarks/instructions.py --python PYTHON[:SRC] [--floor] [--mode h1|h2|tls] [--requests N]
+    python benchmarks/instructions.py --python PYTHON[:SRC] [--floor] [--mode h1|h2|conn|tls] [--requests N]
 
 The proxy (``ferryman run`` importing from ``SRC``, default this checkout's ``src``; or
 ``floor_proxy.py`` with ``--floor``) runs under ``valgrind --tool=callgrind`` with one
@@ -12,7 +12,8 @@ zeroed, ``N`` requests are made with h2load, and the counters are dumped:
 
 - ``h1``: HTTP/1.1 keep-alive, ``h2load --h1 -c10``, GET /small;
 - ``h2``: HTTP/2 over TLS, ``h2load -c10 -m10`` (what ``tls.py``'s h2-small runs);
-- ``tls``: a new TLS connection per request (batches of ten h2load clients, one request each).
+- ``conn``: a new connection per request (batches of ten h2load clients, one request each);
+- ``tls``: the same over TLS: a handshake per request.
 
 Prints the instructions per request and the dump's path (``callgrind_annotate`` reads it).
 Instructions are not time (a cache miss costs more than an instruction; crypto runs many
@@ -60,8 +61,9 @@ TLS = 'tls = ["bench"]\n[certificates.bench]\ncert = "{cert}"\nkey = "{key}"\n'
 
 def load(mode: str, port: int, count: int) -> int:
     """Make ``count`` requests; returns how many succeeded."""
-    if mode == "tls":
-        return sum(load_once(["--h1", "-c10", "-n10"], f"https://127.0.0.1:{port}/small") for _ in range(count // 10))
+    if mode in ("tls", "conn"):
+        scheme = "https" if mode == "tls" else "http"
+        return sum(load_once(["--h1", "-c10", "-n10"], f"{scheme}://127.0.0.1:{port}/small") for _ in range(count // 10))
     if mode == "h2":
         return load_once(["-c10", "-m10", f"-n{count}"], f"https://127.0.0.1:{port}/small")
     return load_once(["--h1", "-c10", f"-n{count}"], f"http://127.0.0.1:{port}/small")
@@ -77,7 +79,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--python", default="optimized", help="PYTHON[:SRC], as ab.py (default: optimized)")
     p.add_argument("--floor", action="store_true", help="count benchmarks/floor_proxy.py instead of ferryman")
-    p.add_argument("--mode", choices=("h1", "h2", "tls"), default="h1")
+    p.add_argument("--mode", choices=("h1", "h2", "conn", "tls"), default="h1")
     p.add_argument("--requests", type=int, default=2000, help="requests counted (default 2000)")
     args = p.parse_args()
     python, _, src = args.python.partition(":")
@@ -91,12 +93,12 @@ def main() -> int:
         cert, key, _ = make_certificate(workdir)
         if args.floor:
             argv = [str(interpreter), str(BENCH_DIR / "floor_proxy.py"), "--listen", f"127.0.0.1:{port}", "--origin", f"127.0.0.1:{origin}"]
-            if args.mode != "h1":
+            if args.mode in ("h2", "tls"):
                 argv += ["--cert", str(cert), "--key", str(key)]
             env = dict(os.environ)
         else:
             config = workdir / "ferryman.toml"
-            tls = TLS.format(cert=cert, key=key) if args.mode != "h1" else ""
+            tls = TLS.format(cert=cert, key=key) if args.mode in ("h2", "tls") else ""
             config.write_text(CONFIG.format(port=port, origin=origin, tls=tls))
             argv = [str(interpreter), "-m", "ferryman", "run", "-c", str(config)]
             env = dict(os.environ, PYTHONPATH=src or str(REPO_DIR / "src"))
