@@ -44,19 +44,17 @@ from common import (  # noqa: E402 - after the sys.path tweak
     start_origin_nginx,
     wait_listening,
 )
+from ab import CONFIG  # noqa: E402 - the same one-listener config as the paired A/B
 from tls import make_certificate  # noqa: E402
 
-CONFIG = """[server]
-workers = 1
-log_level = "warning"
-[listeners.bench]
-addr = "127.0.0.1:{port}"
-protocol = "http"
-upstream = "origin"
-{tls}[upstreams.origin]
-backends = ["127.0.0.1:{origin}"]
-"""
-TLS = 'tls = ["bench"]\n[certificates.bench]\ncert = "{cert}"\nkey = "{key}"\n'
+
+def config(port: int, origin: int, tls: tuple[Path, Path] | None) -> str:
+    """``ab.py``'s config; with ``tls`` (certificate, key), its listener terminates TLS."""
+    text = CONFIG.format(port=port, origin=origin)
+    if tls is None:
+        return text
+    text = text.replace('upstream = "origin"\n', 'upstream = "origin"\ntls = ["bench"]\n', 1)
+    return text + f'[certificates.bench]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n'
 
 
 def load(mode: str, port: int, count: int) -> int:
@@ -97,10 +95,9 @@ def main() -> int:
                 argv += ["--cert", str(cert), "--key", str(key)]
             env = dict(os.environ)
         else:
-            config = workdir / "ferryman.toml"
-            tls = TLS.format(cert=cert, key=key) if args.mode in ("h2", "tls") else ""
-            config.write_text(CONFIG.format(port=port, origin=origin, tls=tls))
-            argv = [str(interpreter), "-m", "ferryman", "run", "-c", str(config)]
+            path = workdir / "ferryman.toml"
+            path.write_text(config(port, origin, (cert, key) if args.mode in ("h2", "tls") else None))
+            argv = [str(interpreter), "-m", "ferryman", "run", "-c", str(path)]
             env = dict(os.environ, PYTHONPATH=src or str(REPO_DIR / "src"))
         dump = workdir / "callgrind.out"
         svc = group.start("proxy", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}.%p", *argv], env=env, cwd=workdir)

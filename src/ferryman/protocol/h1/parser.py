@@ -102,6 +102,22 @@ def _connection_tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t") for t in value.lower().split(b",")]
 
 
+def _connection_keep_alive(connection: bytes, keep_alive: bool) -> tuple[bool, list[bytes]]:
+    """Keep-alive as a Connection header decides it (``close`` wins), and the header's tokens
+    (none listed for a lone ``keep-alive`` or ``close``, compared without splitting)."""
+    low = connection.lower()
+    if low == b"keep-alive":
+        return True, []
+    if low == b"close":
+        return False, []
+    tokens = _connection_tokens(connection)
+    if b"close" in tokens:
+        return False, tokens
+    if b"keep-alive" in tokens:
+        return True, tokens
+    return keep_alive, tokens
+
+
 class _Sink:
     """llhttp callbacks; holds no reference to the parser (no cycle)."""
 
@@ -667,18 +683,8 @@ class RequestParser(_Parser):
             raise H1Error(400, "invalid request target")
         wants_upgrade = False
         if connection is not None:
-            low = connection.lower()
-            if low == b"keep-alive":
-                keep_alive = True
-            elif low == b"close":
-                keep_alive = False
-            else:
-                tokens = _connection_tokens(connection)
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-                wants_upgrade = b"upgrade" in tokens
+            keep_alive, tokens = _connection_keep_alive(connection, keep_alive)
+            wants_upgrade = b"upgrade" in tokens
         return RequestHead(
             method,
             target,
@@ -796,17 +802,7 @@ class ResponseParser(_Parser):
                 else:
                     codings = [value] if codings is None else [*codings, value]
         if connection is not None:
-            low = connection.lower()
-            if low == b"keep-alive":
-                keep_alive = True
-            elif low == b"close":
-                keep_alive = False
-            else:
-                tokens = _connection_tokens(connection)
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
+            keep_alive, _ = _connection_keep_alive(connection, keep_alive)
         method = self._expecting[0]
         self._switching = False
         if status < 200:
