@@ -6,9 +6,10 @@ the downstream protocol straight to the upstream transport, response body chunks
 the upstream protocol straight to the downstream transport, with pause/resume both ways.
 
 The upstream is an :class:`UpstreamH1` connection or an HTTP/2 stream
-(:class:`~.upstream_h2.UpstreamH2Stream`, ``upstream.h2``): both take ``send_head`` /
-``write`` / ``end_request`` and push ``on_upstream_*`` callbacks here; "pausing" an h2
-stream's reading withholds its flow-control credit. This class answers an HTTP/1.1 client;
+(:class:`~.upstream_h2.UpstreamH2Stream`, ``upstream.h2``): both take the request and
+push ``on_upstream_*`` callbacks here; "pausing" an h2 stream's reading withholds its
+flow-control credit. The per-request paths tell them apart with ``isinstance(...,
+UpstreamH1)``: compiled, an UpstreamH1 is then read directly, not looked up by name. This class answers an HTTP/1.1 client;
 :class:`~.downstream_h2.H2Exchange` overrides the few methods that write the response, for
 an HTTP/2 client.
 """
