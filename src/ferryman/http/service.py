@@ -133,8 +133,8 @@ class HttpProxyService:
         self.has = {hook: overrides(app, hook) for hook in HOOKS}
         # these hooks may be plain functions (no coroutine per call) or coroutines (awaited)
         self.awaits = {hook: inspect.iscoroutinefunction(getattr(app, hook)) for hook in (*HOOKS, "upstream_peer")}
-        self.has_response_body_filters = self.has["upstream_response_body_filter"] or self.has["response_body_filter"]
         self.plan = ServicePlan(self.has, self.awaits, forwarded=self.forwarded, allow_connect=allow_connect)
+        self.has_response_body_filters = self.plan.response_body_filters
         self.connections: set = set()
         self.exchanges: set = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
